@@ -1,0 +1,111 @@
+"""Wiring of the registry process: database pool, migrations, HTTP endpoint and MLLP listener.
+
+The transaction modules (``register``, ``stored_query``, ``patient_feed``) are thin handlers
+that receive the :class:`Registry` context; nothing else here knows about XDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from ihe.database import create_pool
+from ihe.http import SoapService
+from ihe.namespaces import ACTION_ITI18, ACTION_ITI42
+from registry.settings import RegistrySettings
+from schemas import migrate
+
+log = logging.getLogger(__name__)
+
+REGISTRY_PATH = "/registry"
+
+
+@dataclass(slots=True)
+class Registry:
+    """What every registry handler needs: settings, the database pool and the code list."""
+
+    settings: RegistrySettings
+    pool: asyncpg.Pool
+    code_list: Any = None  # ihe.metadata.codes.CodeList when configured
+    servers: list[Any] = field(default_factory=list)
+
+
+async def open_registry(settings: RegistrySettings, database_url: str) -> Registry:
+    pool = await create_pool(database_url, max_size=settings.pool_size)
+    async with pool.acquire() as conn:
+        applied = await migrate(conn, "registry")
+    if applied:
+        log.info("applied registry migrations: %s", ", ".join(applied))
+    code_list = None
+    if settings.code_list is not None:
+        from ihe.metadata.codes import load_code_list
+
+        code_list = load_code_list(settings.code_list)
+    return Registry(settings=settings, pool=pool, code_list=code_list)
+
+
+def build_app(registry: Registry) -> web.Application:
+    from registry.register import register_document_set
+    from registry.stored_query import registry_stored_query
+
+    async def iti42(request):
+        return await register_document_set(registry, request)
+
+    async def iti18(request):
+        return await registry_stored_query(registry, request)
+
+    service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18},
+                          max_body_bytes=registry.settings.max_body_bytes)
+    app = web.Application(client_max_size=registry.settings.max_body_bytes)
+    app.router.add_post(REGISTRY_PATH, service)
+    app.router.add_get(REGISTRY_PATH, _wsdl_or_info)
+    app.router.add_get("/health", _health(registry))
+    return app
+
+
+async def _wsdl_or_info(request: web.Request) -> web.StreamResponse:
+    if "wsdl" in request.query or "WSDL" in request.query:
+        from registry.wsdl import registry_wsdl
+
+        base = f"{request.scheme}://{request.host}{REGISTRY_PATH}"
+        return web.Response(body=registry_wsdl(base), content_type="text/xml")
+    return web.Response(text="XDS.b Document Registry: POST SOAP 1.2 ITI-42 and ITI-18 here; ?wsdl for the WSDL\n")
+
+
+def _health(registry: Registry):
+    async def health(request: web.Request) -> web.Response:
+        try:
+            async with registry.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as exc:  # report, do not raise: this is the health probe
+            return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
+        return web.json_response({"status": "ok"})
+
+    return health
+
+
+async def serve(settings: RegistrySettings, database_url: str, ready: asyncio.Event | None = None) -> None:
+    """Run the registry until cancelled."""
+    registry = await open_registry(settings, database_url)
+    runner = web.AppRunner(build_app(registry), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    await site.start()
+    from registry.patient_feed import start_patient_feed
+
+    mllp = await start_patient_feed(registry)
+    print(f"registry: ITI-42/ITI-18 at http://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
+    print(f"registry: ITI-8/ITI-9 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        mllp.close()
+        await runner.cleanup()
+        await registry.pool.close()
