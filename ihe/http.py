@@ -108,7 +108,8 @@ class SoapService:
         soap.attachments = attachments
         return soap
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp handler: register ``service.handle`` as the route's handler."""
         relates_to = None
         try:
             soap = await self.read_request(request)

@@ -62,7 +62,7 @@ def build_app(registry: Registry) -> web.Application:
     service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18},
                           max_body_bytes=registry.settings.max_body_bytes)
     app = web.Application(client_max_size=registry.settings.max_body_bytes)
-    app.router.add_post(REGISTRY_PATH, service)
+    app.router.add_post(REGISTRY_PATH, service.handle)
     app.router.add_get(REGISTRY_PATH, _wsdl_or_info)
     app.router.add_get("/health", _health(registry))
     return app
