@@ -1,0 +1,58 @@
+"""compose.yaml is checked by parsing (no Docker engine runs here): every service must start a
+console script this project installs, with only options that script accepts."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def console_scripts() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def help_text(entry_point: str) -> str:
+    module, _, func = entry_point.partition(":")
+    code = f"import sys; from {module} import {func} as m; sys.exit(m(['--help']))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"{entry_point} --help failed: {out.stderr}"
+    return out.stdout
+
+
+def test_every_service_runs_an_installed_console_script_with_known_options():
+    scripts = console_scripts()
+    services = compose()["services"]
+    ours = {name: s for name, s in services.items() if "command" in s}
+    assert "registry" in ours
+    for name, service in ours.items():
+        command = service["command"]
+        assert command[0] in scripts, f"service {name} runs {command[0]}, which pyproject.toml does not install"
+        text = help_text(scripts[command[0]])
+        for arg in command[1:]:
+            if arg.startswith("--"):
+                assert arg.split("=")[0] in text, f"service {name}: {command[0]} has no option {arg}"
+        for var in service.get("environment", {}):
+            if var.startswith("XDS_"):
+                assert var in text, f"service {name}: {command[0]} does not read {var}"
+
+
+def test_database_services_are_healthchecked_before_use():
+    services = compose()["services"]
+    assert "healthcheck" in services["postgres"]
+    for name, service in services.items():
+        if "command" in service:
+            assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
+
+
+def test_no_secret_is_written_in_the_file():
+    text = (ROOT / "compose.yaml").read_text()
+    assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD" in text
+    assert "password=" not in text.lower()
