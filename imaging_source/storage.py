@@ -1,0 +1,133 @@
+"""Where instance files live, behind a small interface (a folder now, object storage later).
+
+``put`` is durable before it returns (data and directory fsync'd, atomic rename), so a
+success status sent after it never refers to bytes that a crash could lose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class StorageError(Exception):
+    """The storage could not keep or give back an object."""
+
+
+def is_uid(value: str | None) -> bool:
+    """A syntactically valid DICOM UID (so it is also a safe file name)."""
+    return bool(value) and len(value) <= 64 and _UID.match(value) is not None
+
+
+def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    for uid in (study_uid, series_uid, sop_instance_uid):
+        if not is_uid(uid):
+            raise StorageError(f"not a valid DICOM UID: {uid!r}")
+    return f"{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
+
+
+def manifest_key(study_uid: str, sop_instance_uid: str) -> str:
+    for uid in (study_uid, sop_instance_uid):
+        if not is_uid(uid):
+            raise StorageError(f"not a valid DICOM UID: {uid!r}")
+    return f"manifests/{study_uid}/{sop_instance_uid}.dcm"
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes) -> int: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def read(self, key: str) -> bytes: ...
+    def size(self, key: str) -> int: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def path(self, key: str) -> Path | None: ...
+
+
+class FileStorage:
+    """Objects as files under ``root``; keys are relative paths of safe characters."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.match(key) or ".." in key.split("/"):
+            raise StorageError(f"invalid storage key {key!r}")
+        return self.root / key
+
+    def path(self, key: str) -> Path:
+        return self._path(key)
+
+    def put(self, key: str, data: bytes) -> int:
+        """Write ``data`` durably under ``key`` (replacing any previous object); return its size."""
+        target = self._path(key)
+        created_dirs = _missing_parents(target.parent, self.root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            for d in [target.parent, *created_dirs]:
+                _fsync_dir(d)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
+        return len(data)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise StorageError(f"could not open {key}: {exc.strerror or exc}") from exc
+
+    def read(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            return fh.read()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._path(key).unlink()
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        with self.open(key) as fh:
+            while chunk := fh.read(chunk_size):
+                yield chunk
+
+
+def _missing_parents(folder: Path, root: Path) -> list[Path]:
+    """The parents of ``folder`` (up to ``root``) that do not exist yet: their entries need fsync too."""
+    missing = []
+    while folder != root and not folder.exists():
+        missing.append(folder.parent)
+        folder = folder.parent
+    return missing
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,108 @@
+"""DICOM Storage SCP (C-ECHO, C-STORE for every storage SOP class and the common transfer syntaxes).
+
+pynetdicom runs each association in its own thread: the file is written and fsync'd there, and
+the index row is written on the service's event loop; the success status goes back only after
+both. Any failure answers a DICOM failure status and leaves neither file nor row behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from imaging_source.ingest import RejectedInstance, StoredInstance, index_stored, store_file
+from imaging_source.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+INDEX_TIMEOUT = 60.0
+
+
+@dataclass(slots=True)
+class StorageSCPConfig:
+    ae_title: str
+    host: str
+    port: int
+    issuer_oid: str | None = None
+    issuer_ns: str | None = None
+    max_pdu: int = 1 << 20
+
+
+def make_store_handler(storage: Storage, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop,
+                       config: StorageSCPConfig,
+                       on_stored: Callable[[StoredInstance, bool], None] | None = None) -> Callable[..., int]:
+    """The EVT_C_STORE handler: returns the status for the C-STORE response."""
+
+    def handle_store(event: evt.Event) -> int:
+        request = event.request
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            stored = store_file(data, storage, issuer_oid=config.issuer_oid, issuer_ns=config.issuer_ns)
+        except RejectedInstance as exc:
+            log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, exc.reason)
+            return exc.status
+        except StorageError as exc:
+            log.error("C-STORE of %s failed: %s", request.AffectedSOPInstanceUID, exc)
+            return STATUS_OUT_OF_RESOURCES
+        except Exception:
+            log.exception("C-STORE of %s failed", request.AffectedSOPInstanceUID)
+            return STATUS_CANNOT_UNDERSTAND
+        info = stored.info
+        mismatch = None
+        if request.AffectedSOPInstanceUID and str(request.AffectedSOPInstanceUID) != info.sop_instance_uid:
+            mismatch = "Affected SOP Instance UID differs from the dataset's SOP Instance UID"
+        elif request.AffectedSOPClassUID and str(request.AffectedSOPClassUID) != info.sop_class_uid:
+            mismatch = "Affected SOP Class UID differs from the dataset's SOP Class UID"
+        if mismatch:
+            if not stored.replaced:
+                storage.delete(stored.key)
+            log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, mismatch)
+            return STATUS_DATASET_MISMATCH
+        try:
+            future = asyncio.run_coroutine_threadsafe(index_stored(stored, storage, pool), loop)
+            is_new = future.result(INDEX_TIMEOUT)
+        except Exception as exc:
+            if not stored.replaced:
+                storage.delete(stored.key)
+            log.error("C-STORE of %s: indexing failed: %s", info.sop_instance_uid, exc)
+            return STATUS_OUT_OF_RESOURCES
+        if on_stored is not None:
+            on_stored(stored, is_new)
+        return STATUS_SUCCESS
+
+    return handle_store
+
+
+def build_ae(config: StorageSCPConfig) -> AE:
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_pdu_size = config.max_pdu
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.require_called_aet = False
+    # Large studies arrive over long associations: do not cut them off while the index works.
+    ae.dimse_timeout = 120
+    ae.network_timeout = 120
+    return ae
+
+
+def start_storage_scp(storage: Storage, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop,
+                      config: StorageSCPConfig,
+                      on_stored: Callable[[StoredInstance, bool], None] | None = None) -> ThreadedAssociationServer:
+    """Start listening (in background threads); stop with ``server.shutdown()``."""
+    ae = build_ae(config)
+    handlers = [(evt.EVT_C_STORE, make_store_handler(storage, pool, loop, config, on_stored))]
+    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
+    assert server is not None
+    return server

@@ -1,0 +1,214 @@
+"""PostgreSQL index of the imaging source: studies, series, instances and their manifests.
+
+Small functions over an asyncpg connection; each write that must be all-or-nothing runs in
+one transaction here, so callers never see half an instance or half a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from imaging_source.ingest import InstanceInfo
+
+TABLES = "imaging_manifest, imaging_instance, imaging_series, imaging_study"
+
+
+async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str, size: int) -> bool:
+    """Index one stored instance; True when it was not known before (the study then changed)."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO imaging_study (study_uid, patient_id, patient_issuer_oid, patient_issuer_ns,"
+            " accession_number, header) VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (study_uid) DO NOTHING",
+            info.study_uid, info.patient_id, info.patient_issuer_oid, info.patient_issuer_ns,
+            info.accession_number, json.dumps(info.header),
+        )
+        await conn.execute(
+            "INSERT INTO imaging_series (series_uid, study_uid, modality, body_part, anatomic_region, series_number,"
+            " series_description) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (series_uid) DO NOTHING",
+            info.series_uid, info.study_uid, info.modality, info.body_part, info.anatomic_region,
+            info.series_number, info.series_description,
+        )
+        inserted = await conn.fetchval(
+            "INSERT INTO imaging_instance (sop_instance_uid, series_uid, study_uid, sop_class_uid,"
+            " transfer_syntax_uid, storage_key, size, instance_number, number_of_frames)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT (sop_instance_uid) DO UPDATE SET series_uid = EXCLUDED.series_uid,"
+            " study_uid = EXCLUDED.study_uid, sop_class_uid = EXCLUDED.sop_class_uid,"
+            " transfer_syntax_uid = EXCLUDED.transfer_syntax_uid, storage_key = EXCLUDED.storage_key,"
+            " size = EXCLUDED.size, received_at = now()"
+            " RETURNING (xmax = 0)",
+            info.sop_instance_uid, info.series_uid, info.study_uid, info.sop_class_uid, info.transfer_syntax_uid,
+            key, size, info.instance_number, info.number_of_frames,
+        )
+        if inserted:
+            await conn.execute(
+                "UPDATE imaging_study SET changed = true, last_received_at = clock_timestamp(),"
+                " state = 'receiving' WHERE study_uid = $1",
+                info.study_uid,
+            )
+    return bool(inserted)
+
+
+# --- retrieval ---------------------------------------------------------------------------------
+
+INSTANCE_COLUMNS = (
+    "i.sop_instance_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.transfer_syntax_uid, i.storage_key, i.size,"
+    " i.instance_number, i.number_of_frames, s.modality"
+)
+
+
+async def find_instance(conn: asyncpg.Connection, sop_instance_uid: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
+        " WHERE i.sop_instance_uid = $1",
+        sop_instance_uid,
+    )
+
+
+async def find_instances(conn: asyncpg.Connection, sop_instance_uids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
+        " WHERE i.sop_instance_uid = ANY($1::text[])",
+        sop_instance_uids,
+    )
+    return {r["sop_instance_uid"]: r for r in rows}
+
+
+async def instances_of(conn: asyncpg.Connection, study_uid: str, series_uid: str | None = None,
+                       sop_instance_uid: str | None = None) -> list[asyncpg.Record]:
+    """Instances of a study (optionally one series or one instance), in series then instance order."""
+    return await conn.fetch(
+        f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
+        " WHERE i.study_uid = $1 AND ($2::text IS NULL OR i.series_uid = $2)"
+        " AND ($3::text IS NULL OR i.sop_instance_uid = $3)"
+        " ORDER BY s.series_number NULLS LAST, i.series_uid, i.instance_number NULLS LAST, i.sop_instance_uid",
+        study_uid, series_uid, sop_instance_uid,
+    )
+
+
+async def get_study(conn: asyncpg.Connection, study_uid: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM imaging_study WHERE study_uid = $1", study_uid)
+
+
+async def series_of(conn: asyncpg.Connection, study_uid: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM imaging_series WHERE study_uid = $1 ORDER BY series_number NULLS LAST, series_uid", study_uid
+    )
+
+
+# --- study completion and publication ---------------------------------------------------------
+
+
+async def complete_studies(conn: asyncpg.Connection, quiet_seconds: float, limit: int = 20) -> list[asyncpg.Record]:
+    """Studies with instances not yet in a manifest, quiet for ``quiet_seconds``, and not waiting for a retry."""
+    return await conn.fetch(
+        "SELECT * FROM imaging_study WHERE changed"
+        " AND last_received_at <= clock_timestamp() - make_interval(secs => $1)"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())"
+        " ORDER BY last_received_at LIMIT $2",
+        quiet_seconds, limit,
+    )
+
+
+async def set_affinity_patient(conn: asyncpg.Connection, study_uid: str, cx: str) -> None:
+    await conn.execute(
+        "UPDATE imaging_study SET affinity_patient_id = $2, attempts = 0, last_error = NULL, next_attempt_at = NULL"
+        " WHERE study_uid = $1",
+        study_uid, cx,
+    )
+
+
+async def mark_waiting_patient(conn: asyncpg.Connection, study_uid: str, error: str, delay: float) -> None:
+    await conn.execute(
+        "UPDATE imaging_study SET state = 'waiting_patient', attempts = attempts + 1, last_error = $2,"
+        " next_attempt_at = clock_timestamp() + make_interval(secs => $3) WHERE study_uid = $1",
+        study_uid, error, delay,
+    )
+
+
+async def latest_published_manifest(conn: asyncpg.Connection, study_uid: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM imaging_manifest WHERE study_uid = $1 AND state = 'published'"
+        " ORDER BY published_at DESC LIMIT 1",
+        study_uid,
+    )
+
+
+async def add_manifest(conn: asyncpg.Connection, *, study_uid: str, document_unique_id: str, entry_uuid: str,
+                       storage_key: str, size: int, hash: str, instance_count: int,
+                       replaces_entry_uuid: str | None, snapshot: object) -> bool:
+    """Queue a new manifest unless instances arrived after ``snapshot`` (the study's last_received_at).
+
+    Earlier manifests of the study that never got published are superseded: only the newest goes out.
+    """
+    async with conn.transaction():
+        taken = await conn.fetchval(
+            "UPDATE imaging_study SET changed = false, state = 'publishing', attempts = 0, last_error = NULL,"
+            " next_attempt_at = NULL WHERE study_uid = $1 AND changed AND last_received_at = $2 RETURNING true",
+            study_uid, snapshot,
+        )
+        if not taken:
+            return False
+        await conn.execute(
+            "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state = 'pending'", study_uid
+        )
+        await conn.execute(
+            "INSERT INTO imaging_manifest (document_unique_id, study_uid, entry_uuid, storage_key, size, hash,"
+            " instance_count, replaces_entry_uuid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            document_unique_id, study_uid, entry_uuid, storage_key, size, hash, instance_count, replaces_entry_uuid,
+        )
+    return True
+
+
+async def due_manifests(conn: asyncpg.Connection, limit: int = 10) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT m.*, s.affinity_patient_id FROM imaging_manifest m JOIN imaging_study s USING (study_uid)"
+        " WHERE m.state = 'pending' AND m.next_attempt_at <= clock_timestamp() ORDER BY m.next_attempt_at LIMIT $1",
+        limit,
+    )
+
+
+async def manifest_published(conn: asyncpg.Connection, document_unique_id: str) -> None:
+    async with conn.transaction():
+        study_uid = await conn.fetchval(
+            "UPDATE imaging_manifest SET state = 'published', published_at = clock_timestamp(), last_error = NULL,"
+            " attempts = attempts + 1 WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
+            document_unique_id,
+        )
+        if study_uid:
+            await conn.execute(
+                "UPDATE imaging_study SET state = 'published' WHERE study_uid = $1 AND state = 'publishing'",
+                study_uid,
+            )
+
+
+async def manifest_failed(conn: asyncpg.Connection, document_unique_id: str, error: str, delay: float) -> None:
+    await conn.execute(
+        "UPDATE imaging_manifest SET attempts = attempts + 1, last_error = $2,"
+        " next_attempt_at = clock_timestamp() + make_interval(secs => $3) WHERE document_unique_id = $1",
+        document_unique_id, error, delay,
+    )
+
+
+async def publication_status(conn: asyncpg.Connection, *, problems_only: bool = True) -> list[dict]:
+    """Every study not (yet) transferred: waiting for its patient, or with a manifest still to be sent.
+
+    With ``problems_only`` false, published studies are listed too.
+    """
+    rows = await conn.fetch(
+        "SELECT s.study_uid, s.patient_id, s.patient_issuer_oid, s.affinity_patient_id, s.state,"
+        " s.last_received_at, s.changed,"
+        " (SELECT count(*) FROM imaging_instance i WHERE i.study_uid = s.study_uid) AS instances,"
+        " COALESCE(m.attempts, s.attempts) AS attempts, COALESCE(m.last_error, s.last_error) AS last_error,"
+        " COALESCE(m.next_attempt_at, s.next_attempt_at) AS next_attempt_at, m.document_unique_id AS manifest_uid"
+        " FROM imaging_study s LEFT JOIN LATERAL (SELECT * FROM imaging_manifest x WHERE x.study_uid = s.study_uid"
+        "   AND x.state = 'pending' ORDER BY x.created_at DESC LIMIT 1) m ON true"
+        " WHERE NOT $1 OR s.state <> 'published' OR s.changed"
+        " ORDER BY s.last_received_at",
+        problems_only,
+    )
+    return [dict(r) for r in rows]
