@@ -79,7 +79,11 @@ class IdentifierConflict(PatientIdentityError):
 
 
 class UnknownPatient(PatientIdentityError):
-    """An identifier the operation needs is not known to the registry."""
+    """An identifier the operation needs is not known; ``role`` says which ("surviving" or "merged")."""
+
+    def __init__(self, reason: str, role: str) -> None:
+        super().__init__(reason)
+        self.role = role
 
 
 def authority_key(identifier: Identifiable) -> str:
@@ -195,9 +199,7 @@ async def _owner(conn: asyncpg.Connection, identifier: Identifiable) -> asyncpg.
     )
 
 
-async def merge_patients(
-    conn: asyncpg.Connection, surviving: Identifiable, merged: Identifiable, demographics: Demographics | None = None
-) -> MergeResult:
+async def merge_patients(conn: asyncpg.Connection, surviving: Identifiable, merged: Identifiable) -> MergeResult:
     """Merge the patient identified by ``merged`` (MRG-1) into ``surviving`` (PID-3), in one transaction.
 
     ITI TF-2a 3.8.4.2.3 (Document Registry expected actions on merge): the merged (subsumed) id
@@ -219,7 +221,7 @@ async def merge_patients(
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _IDENTITY_LOCK_KEY)
         survivor = await _owner(conn, surviving)
         if survivor is None:
-            raise UnknownPatient(f"surviving patient identifier {surviving.to_cx()} is not known")
+            raise UnknownPatient(f"surviving patient identifier {surviving.to_cx()} is not known", "surviving")
         if survivor["merged_into"] is not None:
             raise PatientIdentityError(
                 f"surviving patient identifier {surviving.to_cx()} was itself merged into another patient"
@@ -227,7 +229,7 @@ async def merge_patients(
         survivor_id: int = survivor["id"]
         victim = await _owner(conn, merged)
         if victim is None:
-            raise UnknownPatient(f"merged patient identifier {merged.to_cx()} (MRG-1) is not known")
+            raise UnknownPatient(f"merged patient identifier {merged.to_cx()} (MRG-1) is not known", "merged")
         if victim["merged_into"] is not None:
             if victim["merged_into"] == survivor_id:
                 return MergeResult(survivor_id, already_merged=True)
@@ -248,12 +250,6 @@ async def merge_patients(
                                survivor_id, victim_id)
             await conn.execute("UPDATE patient SET merged_into = $1, updated_at = now() WHERE id = $2",
                                survivor_id, victim_id)
-        if demographics is not None:
-            await conn.execute(
-                "UPDATE patient SET family_name = COALESCE($2, family_name), given_name = COALESCE($3, given_name),"
-                " birth_date = COALESCE($4, birth_date), sex = COALESCE($5, sex), updated_at = now() WHERE id = $1",
-                survivor_id, demographics.family, demographics.given, demographics.birth_date, demographics.sex,
-            )
         counts = await _move_registry_objects(conn, merged, surviving)
     return MergeResult(survivor_id, *counts)
 
@@ -282,11 +278,17 @@ def rewrite_patient_id(fragment: str, new_patient_id: str) -> str:
 async def _move_registry_objects(
     conn: asyncpg.Connection, merged: Identifiable, surviving: Identifiable
 ) -> tuple[int, int, int]:
-    """Re-register every object of the merged XDS patient id under the surviving one."""
-    old, new = merged.to_cx(), surviving.to_cx()
+    """Re-register every object of the merged XDS patient id under the surviving one.
+
+    The store keeps patient ids as submitted, canonicalised by ``Identifiable.to_cx()``; XDS ids
+    are ``id^^^&oid&ISO`` (no namespace), while the feed may add one: match both forms, and
+    write the XDS form.
+    """
+    old = sorted({merged.to_cx(), _xds_form(merged)})
+    new = _xds_form(surviving)
     counts = []
     for table in ("document_entry", "submission_set", "folder"):
-        rows = await conn.fetch(f"SELECT id, ebrim FROM {table} WHERE patient_id = $1 FOR UPDATE", old)
+        rows = await conn.fetch(f"SELECT id, ebrim FROM {table} WHERE patient_id = ANY($1::text[]) FOR UPDATE", old)
         if rows:
             await conn.executemany(
                 f"UPDATE {table} SET patient_id = $2, ebrim = $3 WHERE id = $1",
@@ -294,6 +296,12 @@ async def _move_registry_objects(
             )
         counts.append(len(rows))
     return counts[0], counts[1], counts[2]
+
+
+def _xds_form(identifier: Identifiable) -> str:
+    if identifier.authority_oid:
+        return Identifiable(identifier.id, identifier.authority_oid).to_cx()
+    return identifier.to_cx()
 
 
 # --- ITI-9 and the imaging source: cross-references --------------------------------------------

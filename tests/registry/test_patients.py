@@ -33,6 +33,11 @@ def nhs(n: str) -> Identifiable:
     return Identifiable(n, NHS, "NHS")
 
 
+def xds(n: str) -> Identifiable:
+    """The form XDS metadata carries: no namespace."""
+    return Identifiable(n, NHS)
+
+
 def hosp_a(n: str) -> Identifiable:
     return Identifiable(n, HOSP_A, "HOSPA")
 
@@ -128,29 +133,30 @@ async def test_merge_retires_merged_id_and_moves_documents(registry_pool):
     async with registry_pool.acquire() as conn:
         survivor = await record_patient(conn, [nhs("2222"), hosp_a("S1")], Demographics("Keep", "Me"))
         await record_patient(conn, [nhs("3333"), hosp_b("M1")], Demographics("Drop", "Me"))
-        doc = await insert_document(conn, nhs("3333"), hosp_b("M1"))
-        other_doc = await insert_document(conn, nhs("2222"), hosp_a("S1"))
+        # Submissions carry the XDS form id^^^&oid&ISO; one here also carries a namespace.
+        doc = await insert_document(conn, xds("3333"), hosp_b("M1"))
+        other_doc = await insert_document(conn, xds("2222"), hosp_a("S1"))
         ss = await insert_submission_set(conn, nhs("3333"))
 
         result = await merge_patients(conn, nhs("2222"), nhs("3333"))
         assert (result.surviving_patient, result.document_entries, result.submission_sets, result.folders) == (
             survivor, 1, 1, 0)
 
-        assert await xds_patient_id_state(conn, Identifiable("3333", NHS), NHS) is PatientIdState.MERGED
-        assert await xds_patient_id_state(conn, Identifiable("2222", NHS), NHS) is PatientIdState.KNOWN
+        assert await xds_patient_id_state(conn, xds("3333"), NHS) is PatientIdState.MERGED
+        assert await xds_patient_id_state(conn, xds("2222"), NHS) is PatientIdState.KNOWN
         # The merged patient's hospital number now names the surviving patient.
         assert await cross_references(conn, hosp_b("M1"), [NHS]) == [nhs("2222")]
         assert await cross_references(conn, nhs("3333")) == []
 
         row = await conn.fetchrow("SELECT patient_id, ebrim FROM document_entry WHERE id = $1", doc)
-        assert row["patient_id"] == nhs("2222").to_cx()
-        assert f'value="{escape(nhs("2222").to_cx())}"' in row["ebrim"]
-        assert escape(nhs("3333").to_cx()) not in row["ebrim"]
+        assert row["patient_id"] == xds("2222").to_cx()
+        assert f'value="{escape(xds("2222").to_cx())}"' in row["ebrim"]
+        assert "3333^^^" not in row["ebrim"]
         assert escape(hosp_b("M1").to_cx()) in row["ebrim"]  # sourcePatientId untouched
-        untouched = await conn.fetchval("SELECT patient_id FROM document_entry WHERE id = $1", other_doc)
-        assert untouched == f"2222^^^NHS&{NHS}&ISO"
+        untouched = await conn.fetchrow("SELECT patient_id, ebrim FROM document_entry WHERE id = $1", other_doc)
+        assert untouched["patient_id"] == f"2222^^^&{NHS}&ISO"
         ss_row = await conn.fetchrow("SELECT patient_id, ebrim FROM submission_set WHERE id = $1", ss)
-        assert ss_row["patient_id"] == nhs("2222").to_cx() and escape(nhs("3333").to_cx()) not in ss_row["ebrim"]
+        assert ss_row["patient_id"] == xds("2222").to_cx() and "3333^^^" not in ss_row["ebrim"]
 
         again = await merge_patients(conn, nhs("2222"), nhs("3333"))
         assert again.already_merged and again.document_entries == 0
