@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     DUPLICATE_UNIQUE_ID_IN_REGISTRY = "XDSDuplicateUniqueIdInRegistry"
     EXTRA_METADATA_NOT_SAVED = "XDSExtraMetadataNotSaved"
     REPLACE_FAILED = "XDSReplaceFailed"
+    REGISTRY_DEPRECATED_DOCUMENT = "XDSRegistryDeprecatedDocumentError"
     STORED_QUERY_PARAM_NUMBER = "XDSStoredQueryParamNumber"
     STORED_QUERY_MISSING_PARAM = "XDSStoredQueryMissingParam"
     UNKNOWN_STORED_QUERY = "XDSUnknownStoredQuery"
