@@ -13,6 +13,7 @@ Main entry points:
 - :func:`provide_and_register_request` -> an xdsb:ProvideAndRegisterDocumentSetRequest (ITI-41, inline)
 - :func:`soap_envelope`, :func:`stored_query_request`, :func:`new_oid`, :func:`patient_cx`,
   :func:`quoted`, :func:`in_list`
+- :func:`reference_schema`: a published XSD from ``shared/reference/xsd`` beside the clone (as CI has it)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
+from pathlib import Path
 
 # Literal namespace strings on purpose (no import from the code under test).
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
@@ -702,3 +704,33 @@ def stored_query_request(
 def stored_query_envelope(query_id: str, params, return_type: str = "LeafClass", **kwargs) -> bytes:
     """:func:`stored_query_request` in a SOAP envelope with the ITI-18 action."""
     return soap_envelope(ACTION_ITI18, stored_query_request(query_id, params, return_type), **kwargs)
+
+
+# --- Published schemas --------------------------------------------------------------------------
+
+#: Where CI (and a developer's machine) keeps the published XSDs: shared/ beside the clone.
+REFERENCE_XSD_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "xsd"
+_schemas: dict[str, object] = {}
+
+
+def reference_schema(name: str):
+    """The published XML schema ``name`` (e.g. ``"lcm"``, ``"query"``, ``"rs"``,
+    ``"XDS.b_DocumentRepository"``) as an ``lxml.etree.XMLSchema``, cached.
+
+    Fails the calling test with a clear message when shared/reference/xsd is not beside the clone.
+    Parsing is local only: no network, no entities; imports between the schemas are relative
+    paths resolved beside each file.
+    """
+    if name not in _schemas:
+        import pytest
+        from lxml import etree
+
+        path = REFERENCE_XSD_DIR / f"{name}.xsd"
+        if not path.is_file():
+            pytest.fail(
+                f"the published schema {path.name} is expected in {REFERENCE_XSD_DIR} (shared/reference/xsd "
+                "beside the clone, as CI has it) and is missing: cannot check messages against it"
+            )
+        parser = etree.XMLParser(no_network=True, resolve_entities=False, load_dtd=False)
+        _schemas[name] = etree.XMLSchema(etree.parse(str(path), parser))
+    return _schemas[name]

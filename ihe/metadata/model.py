@@ -156,6 +156,8 @@ class DocumentEntry(RegistryObject):
     uri: str | None = None
     reference_ids: list[ReferenceId] = field(default_factory=list)
     document_availability: str | None = None
+    # Metadata-Limited Document Source marker (classification node DE_LIMITED_METADATA).
+    limited_metadata: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
