@@ -1,19 +1,96 @@
-"""``xds-imaging-source``: the XDS-I.b Imaging Document Source (not built yet, see issue 4)."""
+"""``xds-imaging-source``: the XDS-I.b Imaging Document Source.
+
+    xds-imaging-source [serve]        run the Storage SCP, RAD-69, WADO-URI/RS, publication
+    xds-imaging-source import FOLDER  store and index every DICOM file under FOLDER
+    xds-imaging-source status [--all] list studies not (yet) transferred: state, attempts, last error
+"""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import contextlib
+import logging
 import sys
+from pathlib import Path
+
+from ihe.config import build_parser, resolve
+from ihe.database import resolve_database_url
+from imaging_source.settings import OPTIONS, ImagingSourceSettings
+
+COMMANDS = ("serve", "import", "status")
+
+
+def _parser():
+    parser = build_parser("imaging-source", "IHE XDS-I.b Imaging Document Source (DICOM in, RAD-68, RAD-69, "
+                          "WADO-URI, WADO-RS)", OPTIONS)
+    parser.add_argument("command", nargs="?", default="serve", choices=COMMANDS,
+                        help="serve (default), import FOLDER..., or status")
+    parser.add_argument("paths", nargs="*", type=Path, help="folders for import")
+    parser.add_argument("--all", action="store_true", help="status: list published studies too")
+    return parser
+
+
+async def _import(settings: ImagingSourceSettings, database_url: str, folders: list[Path]) -> int:
+    from imaging_source.app import open_source
+    from imaging_source.import_folder import import_folder
+
+    source = await open_source(settings, database_url)
+    failed = 0
+    try:
+        for folder in folders:
+            report = await import_folder(folder, source.storage, source.pool,
+                                         issuer_oid=settings.patient_id_issuer_oid,
+                                         issuer_ns=settings.patient_id_issuer_namespace)
+            print(f"{folder}: {report.stored} instances stored ({report.new} new) in {len(report.studies)} studies, "
+                  f"{len(report.rejected)} files refused")
+            for path, reason in report.rejected:
+                print(f"  refused {path}: {reason}")
+            failed += len(report.rejected)
+    finally:
+        await source.pool.close()
+    return 1 if failed else 0
+
+
+async def _status(settings: ImagingSourceSettings, database_url: str, everything: bool) -> int:
+    from imaging_source.app import open_source
+    from imaging_source.store import publication_status
+
+    source = await open_source(settings, database_url)
+    try:
+        async with source.pool.acquire() as conn:
+            rows = await publication_status(conn, problems_only=not everything)
+    finally:
+        await source.pool.close()
+    if not rows:
+        print("every received study is published")
+        return 0
+    print(f"{'study':<64} {'state':<16} {'inst':>5} {'tries':>5}  last error")
+    for r in rows:
+        print(f"{r['study_uid']:<64} {r['state']:<16} {r['instances']:>5} {r['attempts']:>5}  {r['last_error'] or ''}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="xds-imaging-source",
-        description="IHE XDS-I.b Imaging Document Source. Not implemented yet: tracked by the imaging source issue.",
-    )
-    parser.parse_args(argv)
-    print("xds-imaging-source is not implemented yet (see the imaging source issue)", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    settings = ImagingSourceSettings.from_dict(resolve("imaging-source", OPTIONS, args))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.command == "import" and not args.paths:
+        print("xds-imaging-source import: name at least one folder", file=sys.stderr)
+        return 2
+    database_url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
+    try:
+        if args.command == "import":
+            return asyncio.run(_import(settings, database_url, args.paths))
+        if args.command == "status":
+            return asyncio.run(_status(settings, database_url, args.all))
+        from imaging_source.app import serve
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, database_url))
+        return 0
+    finally:
+        del embedded  # the embedded server stops when its last user goes
 
 
 if __name__ == "__main__":

@@ -32,6 +32,19 @@ OPTIONS: list[Option] = [
     Option("pix-host", "host of the registry's PIX query (ITI-9) MLLP listener", "127.0.0.1"),
     Option("pix-port", "MLLP port of the registry's PIX query (ITI-9); when absent patients cannot be mapped",
            None, int),
+    Option("accession-issuer-oid", "assigning authority OID of accession numbers when the instance has no Issuer "
+           "of Accession Number (used in referenceIdList)"),
+    Option("class-code", "classCode of manifests as code|scheme|display", "DI|1.2.840.10008.2.16.4|Diagnostic Imaging"),
+    Option("type-code", "typeCode of manifests whose study has no Procedure Code, as code|scheme|display",
+           "18748-4|2.16.840.1.113883.6.1|Diagnostic imaging study"),
+    Option("healthcare-facility-type-code", "healthcareFacilityTypeCode as code|scheme|display",
+           "22232009|2.16.840.1.113883.6.96|Hospital"),
+    Option("practice-setting-code", "practiceSettingCode as code|scheme|display",
+           "394914008|2.16.840.1.113883.6.96|Radiology"),
+    Option("confidentiality-code", "confidentialityCode as code|scheme|display", "N|2.16.840.1.113883.5.25|normal"),
+    Option("content-type-code", "submission set contentTypeCode as code|scheme|display",
+           "18748-4|2.16.840.1.113883.6.1|Diagnostic imaging study"),
+    Option("language-code", "languageCode of manifests", "en-GB"),
     Option("quiet-period", "seconds without a new instance after which a study is complete", 30.0, float),
     Option("tracker-interval", "seconds between looks for complete studies and due retries", 1.0, float),
     Option("retry-initial", "seconds before the first retry of a failed publication or patient mapping", 10.0,
@@ -62,6 +75,14 @@ class ImagingSourceSettings:
     affinity_domain_oid: str | None = None
     pix_host: str = "127.0.0.1"
     pix_port: int | None = None
+    accession_issuer_oid: str | None = None
+    class_code: str = "DI|1.2.840.10008.2.16.4|Diagnostic Imaging"
+    type_code: str = "18748-4|2.16.840.1.113883.6.1|Diagnostic imaging study"
+    healthcare_facility_type_code: str = "22232009|2.16.840.1.113883.6.96|Hospital"
+    practice_setting_code: str = "394914008|2.16.840.1.113883.6.96|Radiology"
+    confidentiality_code: str = "N|2.16.840.1.113883.5.25|normal"
+    content_type_code: str = "18748-4|2.16.840.1.113883.6.1|Diagnostic imaging study"
+    language_code: str = "en-GB"
     quiet_period: float = 30.0
     tracker_interval: float = 1.0
     retry_initial: float = 10.0

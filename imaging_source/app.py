@@ -1,0 +1,108 @@
+"""Wiring of the imaging source process: database, storage, HTTP (RAD-69, WADO-URI, WADO-RS, status),
+the DICOM Storage SCP and the publication tracker."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from datetime import datetime
+
+from aiohttp import web
+
+from ihe.database import create_pool
+from imaging_source import rad69, store, wado_rs, wado_uri
+from imaging_source.context import ImagingSource
+from imaging_source.settings import ImagingSourceSettings
+from imaging_source.storage import FileStorage
+from schemas import migrate
+
+log = logging.getLogger(__name__)
+
+
+async def open_source(settings: ImagingSourceSettings, database_url: str) -> ImagingSource:
+    pool = await create_pool(database_url, min_size=1, max_size=settings.pool_size)
+    async with pool.acquire() as conn:
+        applied = await migrate(conn, "imaging_source")
+    if applied:
+        log.info("applied imaging source migrations: %s", ", ".join(applied))
+    return ImagingSource(settings=settings, pool=pool, storage=FileStorage(settings.storage_dir))
+
+
+def _json_safe(row: dict) -> dict:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+def render_status_html(rows: list[dict]) -> str:
+    """The status page: every study not (yet) transferred, with its attempts and last error."""
+    head = ("<tr><th>study</th><th>patient</th><th>state</th><th>instances</th><th>attempts</th>"
+            "<th>last error</th><th>next attempt</th></tr>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v) if v is not None else '')}</td>" for v in (
+            r["study_uid"], r["affinity_patient_id"] or r["patient_id"], r["state"], r["instances"], r["attempts"],
+            r["last_error"], r["next_attempt_at"])) + "</tr>"
+        for r in rows)
+    summary = "every received study is published" if not rows else f"{len(rows)} studies not (yet) transferred"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Imaging source publication status</title>"
+            f"</head><body><h1>Publication status</h1><p>{summary}</p>"
+            f"<table border='1'>{head}{body}</table></body></html>")
+
+
+def build_app(source: ImagingSource) -> web.Application:
+    app = web.Application(client_max_size=source.settings.max_body_bytes)
+    app.router.add_post(rad69.PATH, rad69.build_handler(source))
+    app.router.add_routes(wado_uri.build_routes(source))
+    app.router.add_routes(wado_rs.build_routes(source))
+
+    async def status(request: web.Request) -> web.Response:
+        everything = request.query.get("all") in ("1", "true", "yes")
+        async with source.pool.acquire() as conn:
+            rows = await store.publication_status(conn, problems_only=not everything)
+        if request.query.get("format") == "json" or "application/json" in request.headers.get("Accept", ""):
+            return web.json_response([_json_safe(r) for r in rows])
+        return web.Response(text=render_status_html(rows), content_type="text/html")
+
+    async def health(request: web.Request) -> web.Response:
+        try:
+            async with source.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as exc:  # report, do not raise: this is the health probe
+            return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
+        return web.json_response({"status": "ok"})
+
+    app.router.add_get("/status", status)
+    app.router.add_get("/health", health)
+    return app
+
+
+async def serve(settings: ImagingSourceSettings, database_url: str, ready: asyncio.Event | None = None) -> None:
+    """Run HTTP, the Storage SCP and the tracker until cancelled."""
+    from imaging_source.storage_scp import StorageSCPConfig, start_storage_scp
+    from imaging_source.tracker import Tracker
+
+    source = await open_source(settings, database_url)
+    runner = web.AppRunner(build_app(source), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    await site.start()
+    tracker = Tracker(source)
+    scp = start_storage_scp(
+        source.storage, source.pool, asyncio.get_running_loop(),
+        StorageSCPConfig(settings.ae_title, settings.dicom_host, settings.dicom_port,
+                         settings.patient_id_issuer_oid, settings.patient_id_issuer_namespace))
+    task = asyncio.create_task(tracker.run())
+    print(f"imaging source: HTTP (RAD-69 {rad69.PATH}, WADO-URI {wado_uri.PATH}, WADO-RS {wado_rs.PREFIX}, /status) "
+          f"at http://{settings.host}:{settings.port}", flush=True)
+    print(f"imaging source: DICOM Storage SCP {settings.ae_title} at {settings.dicom_host}:{settings.dicom_port}",
+          flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        task.cancel()
+        await asyncio.to_thread(scp.shutdown)
+        await runner.cleanup()
+        if tracker.client is not None:
+            await tracker.client.close()
+        await source.pool.close()
