@@ -27,7 +27,10 @@ from ihe.metadata import vocabulary as v
 from ihe.metadata.model import Identifiable
 from ihe.xml import parse_xml
 
-_IDENTITY_LOCK_KEY = 0x584453_5049  # "XDS" "PI": patient identity writes
+# Advisory lock of patient identity: feeds and merges take it exclusively (transaction scope);
+# ITI-42 takes it shared around its patient id check and commit, so no merge slips in between.
+IDENTITY_LOCK_KEY = 0x584453_5049  # "XDS" "PI"
+_IDENTITY_LOCK_KEY = IDENTITY_LOCK_KEY  # the name registry.register imports
 
 
 class PatientIdState(StrEnum):
@@ -143,7 +146,7 @@ async def record_patient(conn: asyncpg.Connection, identifiers: list[Identifiabl
         raise ValueError("a patient needs at least one identifier")
     keys = [authority_key(i) for i in identifiers]
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _IDENTITY_LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK_KEY)
         rows = await conn.fetch(
             "SELECT i.id_value, i.authority, i.patient, p.merged_into FROM patient_identifier i"
             " JOIN patient p ON p.id = i.patient"
@@ -218,7 +221,7 @@ async def merge_patients(conn: asyncpg.Connection, surviving: Identifiable, merg
     if (surviving.id, authority_key(surviving)) == (merged.id, authority_key(merged)):
         raise PatientIdentityError("the merged identifier (MRG-1) is the surviving identifier (PID-3)")
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _IDENTITY_LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK_KEY)
         survivor = await _owner(conn, surviving)
         if survivor is None:
             raise UnknownPatient(f"surviving patient identifier {surviving.to_cx()} is not known", "surviving")

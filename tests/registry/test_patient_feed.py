@@ -319,3 +319,23 @@ async def test_database_failure_is_ar_207_and_listener_lives(registry_database_u
             assert (get(ack, "MSA.F1"), get(ack, "MSA.F2"), get(ack, "ERR.F3.R1.C1")) == ("AR", "DOWN", "207")
             assert "Traceback" not in str(ack)
             assert get(await peer.send("garbage"), "MSA.F1") == "AR"
+
+
+async def test_registry_process_answers_feed_and_pix_on_one_port(registry_process, registry_pool):
+    """The real ``xds-registry`` process: ITI-8 and ITI-9 on its --mllp-port."""
+    from ihe.hl7 import pix_query
+
+    reader, writer = await open_hl7_connection("127.0.0.1", registry_process.mllp_port)
+    peer = Peer(reader, writer)
+    try:
+        ack = await peer.send(adt("A04", f"{nhs_cx('555')}~{hosp_a_cx('H555')}", control="P1"))
+        assert (get(ack, "MSA.F1"), get(ack, "MSA.F2")) == ("AA", "P1")
+        assert get(await peer.send(adt("A01", nhs_cx("556"))), "MSA.F1") == "AA"
+        ack = await peer.send(adt("A40", nhs_cx("556"), mrg=nhs_cx("555"), structure="ADT_A39"))
+        assert get(ack, "MSA.F1") == "AA"
+    finally:
+        writer.close()
+    found = await pix_query("127.0.0.1", registry_process.mllp_port, Identifiable("H555", HOSP_A), [NHS])
+    assert found == [Identifiable("556", NHS, "NHS")]
+    async with registry_pool.acquire() as conn:
+        assert await xds_patient_id_state(conn, Identifiable("555", NHS), None) is PatientIdState.MERGED
