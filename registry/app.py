@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,23 +90,32 @@ def _health(registry: Registry):
     return health
 
 
-async def serve(settings: RegistrySettings, database_url: str, ready: asyncio.Event | None = None) -> None:
-    """Run the registry until cancelled."""
+async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: bool = True) -> None:
+    """Run the registry until cancelled or sent SIGINT/SIGTERM.
+
+    Several processes may serve the same HTTP port (SO_REUSEPORT): the registry keeps no state
+    outside PostgreSQL. Only one of them (``with_mllp``) listens for HL7.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     registry = await open_registry(settings, database_url)
     runner = web.AppRunner(build_app(registry), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
     await site.start()
-    from registry.patient_feed import start_patient_feed
+    mllp = None
+    if with_mllp:
+        from registry.patient_feed import start_patient_feed
 
-    mllp = await start_patient_feed(registry)
-    print(f"registry: ITI-42/ITI-18 at http://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
-    print(f"registry: ITI-8/ITI-9 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}", flush=True)
-    if ready is not None:
-        ready.set()
+        mllp = await start_patient_feed(registry)
+        print(f"registry: ITI-42/ITI-18 at http://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
+        print(f"registry: ITI-8/ITI-9 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}", flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
-        mllp.close()
+        if mllp is not None:
+            mllp.close()
         await runner.cleanup()
         await registry.pool.close()

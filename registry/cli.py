@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 import sys
 
 from ihe.config import build_parser, resolve
@@ -17,15 +19,29 @@ def main(argv: list[str] | None = None) -> int:
     settings = RegistrySettings.from_dict(resolve("registry", OPTIONS, args))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     database_url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
-    from registry.app import serve
-
+    # Extra worker processes share the HTTP port; the first process also runs the MLLP listener.
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_serve, args=(settings, database_url, False), daemon=True)
+               for _ in range(max(0, settings.workers - 1))]
+    for w in workers:
+        w.start()
     try:
-        asyncio.run(serve(settings, database_url))
-    except KeyboardInterrupt:
-        pass
+        _serve(settings, database_url, True)
     finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.join(10)
         del embedded  # the embedded server stops when its last user goes
     return 0
+
+
+def _serve(settings: RegistrySettings, database_url: str, with_mllp: bool) -> None:
+    from registry.app import serve
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, database_url, with_mllp=with_mllp))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ OPTIONS: list[Option] = [
     Option("home-community-id", "homeCommunityId (urn:oid:...) of this registry's community, echoed in "
            "query results"),
     Option("pool-size", "PostgreSQL connections per process", 20, int),
+    Option("workers", "HTTP worker processes sharing the port (the registry is stateless)", 1, int),
     Option("log-level", "logging level", "INFO"),
 ]
 
@@ -43,6 +44,7 @@ class RegistrySettings:
     max_body_bytes: int = 50 * 1024 * 1024
     home_community_id: str | None = None
     pool_size: int = 20
+    workers: int = 1
     log_level: str = "INFO"
 
     @classmethod
