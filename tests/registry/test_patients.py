@@ -8,7 +8,10 @@ from xml.sax.saxutils import escape
 import pytest
 
 from ihe.metadata import vocabulary as v
-from ihe.metadata.model import Identifiable
+from ihe.metadata.ebrim import object_fragment, read_registry_objects
+from ihe.metadata.model import AvailabilityStatus, DocumentEntry, Identifiable
+from ihe.namespaces import RIM
+from ihe.xml import parse_xml
 from registry.patients import (
     Demographics,
     IdentifierConflict,
@@ -227,3 +230,16 @@ def test_rewrite_patient_id_changes_only_the_patient_id():
     assert f"<rim:Value>{escape(nhs('1').to_cx())}</rim:Value>" in out
     with pytest.raises(ValueError, match="no patientId"):
         rewrite_patient_id('<rim:RegistryPackage xmlns:rim="urn:x" id="a"/>', "x")
+
+
+def test_rewrite_matches_the_ebrim_writer():
+    """A merged fragment is what ihe.metadata.ebrim would write for the object under the surviving id."""
+    entry = DocumentEntry(entry_uuid="urn:uuid:0b7f5a2e-4f0e-4a56-9c5e-2f7e7c5b6a11", unique_id="1.2.3",
+                          patient_id=xds("333"), source_patient_id=xds("333"), mime_type="text/plain",
+                          status=AvailabilityStatus.APPROVED)
+    merged = rewrite_patient_id(object_fragment(entry).decode(), xds("222").to_cx())
+    entry.patient_id = xds("222")
+    assert merged == object_fragment(entry).decode()
+    wrapped = f"<rim:RegistryObjectList xmlns:rim=\"{RIM}\">{merged}</rim:RegistryObjectList>"
+    (read,) = read_registry_objects(parse_xml(wrapped.encode()))
+    assert (read.patient_id, read.source_patient_id) == (xds("222"), xds("333"))
