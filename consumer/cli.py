@@ -1,0 +1,206 @@
+"""``xds-consumer``: command-line client of the network for integration engineers.
+
+Subcommands (each registers itself in :data:`SUBCOMMANDS`; add new ones the same way):
+
+- ``submit``: ITI-41, send files (PDF, CDA, any MIME type) for a patient, metadata filled in
+- ``retrieve``: ITI-43, fetch documents by uniqueId into a folder
+
+Common settings may come from the environment: ``XDS_CONSUMER_REPOSITORY_URL``,
+``XDS_CONSUMER_REPOSITORY_UNIQUE_ID``, ``XDS_CONSUMER_SOURCE_ID``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from consumer.client.soap import SoapClient, SoapFaultError, TransportError
+
+Subcommand = Callable[[argparse._SubParsersAction], None]
+SUBCOMMANDS: list[Subcommand] = []
+
+
+def subcommand(register: Subcommand) -> Subcommand:
+    SUBCOMMANDS.append(register)
+    return register
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"XDS_CONSUMER_{name}", default)
+
+
+def default_source_id() -> str:
+    """A stable OID for this machine as Document Source (2.25 arc from a name-based UUID)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_DNS, 'xds-consumer.' + socket.gethostname()).int}"
+
+
+def _print_errors(errors) -> None:
+    for e in errors:
+        kind = "warning" if not e.is_error else "error"
+        print(f"  {kind} {e.code}: {e.context}")
+
+
+# --- submit -------------------------------------------------------------------------------------
+
+
+@subcommand
+def _register_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="ITI-41: submit files for a patient to a repository",
+                       description="Provide and Register Document Set-b: send one or more files as documents of one "
+                                   "submission set, with XDS metadata filled in (override any code as "
+                                   "code^codingScheme^display name).")
+    p.add_argument("files", nargs="+", type=Path, help="documents to submit")
+    p.add_argument("--repository", default=_env("REPOSITORY_URL"), help="ITI-41 endpoint of the repository "
+                   "[env XDS_CONSUMER_REPOSITORY_URL]")
+    p.add_argument("--patient-id", required=True, help="affinity-domain patient id, e.g. 'NHS123^^^&2.16.840.1.113883"
+                   ".2.1.4.1&ISO'")
+    p.add_argument("--mime-type", help="MIME type of every file (default: guessed from each file name; .xml is "
+                   "text/xml for CDA)")
+    p.add_argument("--title", help="document title (default: the file name)")
+    p.add_argument("--source-id", default=_env("SOURCE_ID"), help="sourceId OID of this Document Source [env "
+                   "XDS_CONSUMER_SOURCE_ID; default: an OID derived from this host name]")
+    p.add_argument("--class-code", help="classCode (default 18748-4^2.16.840.1.113883.6.1)")
+    p.add_argument("--type-code", help="typeCode (default 18782-3^2.16.840.1.113883.6.1)")
+    p.add_argument("--format-code", help="formatCode (default: from the MIME type, e.g. urn:ihe:iti:xds-sd:pdf:2008)")
+    p.add_argument("--confidentiality-code", help="confidentialityCode (default N^2.16.840.1.113883.5.25)")
+    p.add_argument("--facility-type-code", help="healthcareFacilityTypeCode (default 22232009^2.16.840.1.113883.6.96)")
+    p.add_argument("--practice-setting-code", help="practiceSettingCode (default 394914008^2.16.840.1.113883.6.96)")
+    p.add_argument("--language", default="en-GB", help="languageCode")
+    p.add_argument("--author", help="author person (XCN), e.g. '^Smith^John'")
+    p.add_argument("--institution", help="author institution (XON), e.g. 'Royal Hospital^^^^^^^^^1.2.3'")
+    p.add_argument("--inline", action="store_true", help="send documents inline (base64) instead of MTOM attachments")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    p.set_defaults(func=_submit)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from consumer.client.source import (
+        document_entry,
+        guess_mime_type,
+        parse_code,
+        provide_and_register,
+        submission_package,
+    )
+
+    if not args.repository:
+        print("xds-consumer submit: --repository (or XDS_CONSUMER_REPOSITORY_URL) is required", file=sys.stderr)
+        return 2
+    for f in args.files:
+        if not f.is_file():
+            print(f"xds-consumer submit: {f} is not a file", file=sys.stderr)
+            return 2
+    codes = {}
+    for name in ("class_code", "type_code", "format_code", "confidentiality_code", "facility_type_code",
+                 "practice_setting_code"):
+        value = getattr(args, name)
+        if value:
+            try:
+                codes[name] = parse_code(value)
+            except ValueError as exc:
+                print(f"xds-consumer submit: --{name.replace('_', '-')}: {exc}", file=sys.stderr)
+                return 2
+    entries, contents = [], {}
+    for f in args.files:
+        kwargs = {k: codes[k] for k in ("class_code", "type_code", "format_code", "practice_setting_code")
+                  if k in codes}
+        if "facility_type_code" in codes:
+            kwargs["healthcare_facility_type_code"] = codes["facility_type_code"]
+        if "confidentiality_code" in codes:
+            kwargs["confidentiality_codes"] = [codes["confidentiality_code"]]
+        entry = document_entry(args.patient_id, args.mime_type or guess_mime_type(f), title=args.title or f.name,
+                               language_code=args.language, author_person=args.author,
+                               author_institution=args.institution, **kwargs)
+        entries.append(entry)
+        contents[entry.entry_uuid] = f
+    package = submission_package(args.patient_id, entries, source_id=args.source_id or default_source_id(),
+                                 author_person=args.author, author_institution=args.institution)
+
+    async def run():
+        async with SoapClient(timeout=args.timeout) as client:
+            return await provide_and_register(client, args.repository, package, contents, mtom=not args.inline)
+
+    try:
+        result = asyncio.run(run())
+    except (TransportError, SoapFaultError) as exc:
+        print(f"xds-consumer submit: {exc}", file=sys.stderr)
+        return 1
+    print(f"status: {result.status.rsplit(':', 1)[-1]}")
+    print(f"submission set uniqueId: {package.submission_set.unique_id}")
+    for entry, f in zip(entries, args.files, strict=True):
+        print(f"document {f}: uniqueId {entry.unique_id} entryUUID {entry.entry_uuid} mimeType {entry.mime_type} "
+              f"size {entry.size} hash {entry.hash}")
+    _print_errors(result.errors)
+    return 0 if result.ok else 1
+
+
+# --- retrieve -----------------------------------------------------------------------------------
+
+
+@subcommand
+def _register_retrieve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrieve", help="ITI-43: retrieve documents by uniqueId",
+                       description="Retrieve Document Set: fetch documents from a repository and write each to "
+                                   "<output-dir>/<document uniqueId>.")
+    p.add_argument("document_ids", nargs="+", help="document uniqueIds")
+    p.add_argument("--repository", default=_env("REPOSITORY_URL"), help="ITI-43 endpoint of the repository "
+                   "[env XDS_CONSUMER_REPOSITORY_URL]")
+    p.add_argument("--repository-id", default=_env("REPOSITORY_UNIQUE_ID"), help="repositoryUniqueId the documents "
+                   "are in (from the DocumentEntry) [env XDS_CONSUMER_REPOSITORY_UNIQUE_ID]")
+    p.add_argument("--home-community-id", help="homeCommunityId (urn:oid:...) when retrieving across communities")
+    p.add_argument("--output-dir", type=Path, default=Path("."), help="folder to write the documents to")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for data")
+    p.set_defaults(func=_retrieve)
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from consumer.client.retrieve import DocumentRequest, retrieve_document_set
+
+    if not args.repository or not args.repository_id:
+        print("xds-consumer retrieve: --repository and --repository-id are required", file=sys.stderr)
+        return 2
+    requests = [DocumentRequest(args.repository_id, d, args.home_community_id) for d in args.document_ids]
+
+    async def run():
+        async with SoapClient(timeout=args.timeout) as client:
+            return await retrieve_document_set(client, args.repository, requests, dest_dir=args.output_dir)
+
+    try:
+        result = asyncio.run(run())
+    except (TransportError, SoapFaultError) as exc:
+        print(f"xds-consumer retrieve: {exc}", file=sys.stderr)
+        return 1
+    print(f"status: {result.status.rsplit(':', 1)[-1]}")
+    for d in result.documents:
+        print(f"document {d.document_unique_id}: {d.path} mimeType {d.mime_type} size {d.size} sha1 {d.sha1}")
+    _print_errors(result.errors)
+    return 0 if result.ok else 1
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xds-consumer",
+        description="Command-line client of the XDS network: submit documents (ITI-41), retrieve them (ITI-43). "
+                    "Run 'xds-consumer COMMAND --help' for each command.",
+        epilog="Environment: XDS_CONSUMER_REPOSITORY_URL, XDS_CONSUMER_REPOSITORY_UNIQUE_ID, XDS_CONSUMER_SOURCE_ID.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
