@@ -1,0 +1,126 @@
+"""DICOM in: the Storage SCP process receives real instances (pynetdicom and dcmtk's storescu), keeps them
+byte-identical on disk, indexes them in PostgreSQL, and refuses bad input with a failure status."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.imaging_source.conftest import require_tool, send_with_pynetdicom
+
+
+async def _instance_rows(url: str) -> dict[str, asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT i.*, s.patient_id, s.patient_issuer_oid, s.changed, s.state "
+                                "FROM imaging_instance i JOIN imaging_study s USING (study_uid)")
+    finally:
+        await conn.close()
+    return {r["sop_instance_uid"]: r for r in rows}
+
+
+def test_c_echo(imaging_source):
+    ae = AE(ae_title="TEST_SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", imaging_source.dicom_port, ae_title="XDSI_TEST")
+    assert assoc.is_established
+    status = assoc.send_c_echo()
+    assoc.release()
+    assert status.Status == 0x0000
+
+
+async def test_pynetdicom_c_store_keeps_and_indexes(imaging_source, imaging_database_url, samples):
+    paths = [samples["CT"], samples["MR"], samples["US"], samples["CR"]]
+    assert send_with_pynetdicom(imaging_source.dicom_port, paths) == [0, 0, 0, 0]
+    rows = await _instance_rows(imaging_database_url)
+    for path in paths:
+        original = pydicom.dcmread(path)
+        row = rows[original.SOPInstanceUID]
+        assert row["study_uid"] == original.StudyInstanceUID
+        assert row["series_uid"] == original.SeriesInstanceUID
+        assert row["transfer_syntax_uid"] == original.file_meta.TransferSyntaxUID
+        assert row["patient_id"] == original.PatientID
+        assert row["patient_issuer_oid"] == "1.2.826.0.1.99"  # configured: the files carry no issuer
+        assert row["changed"] and row["state"] == "receiving"
+        stored = pydicom.dcmread(Path(imaging_source.storage_dir) / row["storage_key"])
+        assert stored.PixelData == original.PixelData
+        assert stored.PatientName == original.PatientName
+    leftovers = [p for p in Path(imaging_source.storage_dir).rglob(".incoming-*")]
+    assert leftovers == []
+
+
+async def test_storescu_c_store(imaging_source, imaging_database_url, samples):
+    storescu = require_tool("storescu", "dcmtk")
+    path = samples["MR_RLE"]
+    result = subprocess.run([storescu, "--propose-rle", "-aet", "DCMTK_SCU", "-aec", "XDSI_TEST", "127.0.0.1",
+                             str(imaging_source.dicom_port), str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    original = pydicom.dcmread(path)
+    row = (await _instance_rows(imaging_database_url))[original.SOPInstanceUID]
+    stored = pydicom.dcmread(Path(imaging_source.storage_dir) / row["storage_key"])
+    # storescu proposes the file's own transfer syntax: the RLE pixel data arrives untouched.
+    assert row["transfer_syntax_uid"] == original.file_meta.TransferSyntaxUID
+    assert stored.PixelData == original.PixelData
+
+
+async def test_instance_without_patient_id_is_refused_and_not_kept(imaging_source, imaging_database_url, samples,
+                                                                   tmp_path):
+    ds = pydicom.dcmread(samples["CT"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    del ds.PatientID
+    path = tmp_path / "no_patient.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert send_with_pynetdicom(imaging_source.dicom_port, [path]) == [0xA900]
+    assert ds.SOPInstanceUID not in await _instance_rows(imaging_database_url)
+    assert not list(Path(imaging_source.storage_dir).rglob(f"{ds.SOPInstanceUID}.dcm"))
+
+
+async def test_index_failure_answers_failure_and_keeps_no_file(imaging_source, imaging_database_url, samples,
+                                                               tmp_path):
+    """A real PostgreSQL refusal (a CHECK constraint) must give a failure status and leave no file behind."""
+    ds = pydicom.dcmread(samples["CT"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.99.{uuid.uuid4().int % 10**20}.999"
+    path = tmp_path / "refused.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    conn = await asyncpg.connect(imaging_database_url)
+    await conn.execute("ALTER TABLE imaging_instance ADD CONSTRAINT test_refuse CHECK (sop_instance_uid NOT LIKE "
+                       "'%.999')")
+    try:
+        statuses = send_with_pynetdicom(imaging_source.dicom_port, [path])
+    finally:
+        await conn.execute("ALTER TABLE imaging_instance DROP CONSTRAINT test_refuse")
+        await conn.close()
+    assert statuses == [0xA700]
+    assert ds.SOPInstanceUID not in await _instance_rows(imaging_database_url)
+    assert not list(Path(imaging_source.storage_dir).rglob(f"{ds.SOPInstanceUID}.dcm"))
+
+
+async def test_resending_an_instance_is_not_a_change(imaging_source, imaging_database_url, samples):
+    assert send_with_pynetdicom(imaging_source.dicom_port, [samples["CT"]]) == [0]
+    conn = await asyncpg.connect(imaging_database_url)
+    try:
+        uid = pydicom.dcmread(samples["CT"]).StudyInstanceUID
+        await conn.execute("UPDATE imaging_study SET changed = false WHERE study_uid = $1", uid)
+        assert send_with_pynetdicom(imaging_source.dicom_port, [samples["CT"]]) == [0]
+        assert await conn.fetchval("SELECT changed FROM imaging_study WHERE study_uid = $1", uid) is False
+        assert await conn.fetchval("SELECT count(*) FROM imaging_instance WHERE study_uid = $1", uid) == 1
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("bad", ["1.2.3..4", "../etc", ""])
+def test_storage_keys_refuse_unsafe_uids(bad, tmp_path):
+    from imaging_source.storage import FileStorage, StorageError, instance_key
+
+    with pytest.raises(StorageError):
+        instance_key("1.2.3", "1.2.3.4", bad)
+    storage = FileStorage(tmp_path)
+    with pytest.raises(StorageError):
+        storage.put(f"../{bad or 'x'}", b"data")
