@@ -99,9 +99,10 @@ def start_imaging_source(database_url: str, storage_dir: Path, *extra: str) -> R
                           storage_dir=storage_dir, repository_unique_id="1.3.6.1.4.1.21367.2017.2.4.99")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def imaging_source(imaging_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    """A running imaging source on emptied tables, with a quiet period too long to publish during the module."""
+    """A running imaging source (shared by the modules: tests use their own instances), with a quiet period too
+    long to publish anything meanwhile."""
     asyncio.run(empty_tables(imaging_database_url))
     service = start_imaging_source(imaging_database_url, tmp_path_factory.mktemp("instances"),
                                    "--quiet-period", "3600")
@@ -124,3 +125,11 @@ def send_with_pynetdicom(port: int, paths: list[Path], ae_title: str = "XDSI_TES
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
     finally:
         assoc.release()
+
+
+@pytest.fixture(scope="session")
+def stored_samples(imaging_source, samples) -> dict[str, Path]:
+    """Every sample sent to the running imaging source by C-STORE."""
+    statuses = send_with_pynetdicom(imaging_source.dicom_port, list(samples.values()))
+    assert statuses == [0] * len(samples), f"C-STORE statuses {statuses}"
+    return samples
