@@ -1,8 +1,8 @@
 """RAD-68 Provide and Register Imaging Document Set: the KOS manifest and its XDS-I.b metadata.
 
-:func:`manifest_submission` (metadata from the study) and :func:`provide_and_register_request`
-are pure; :func:`send_manifest` is the I/O: ITI-41 over MTOM to the hospital's repository with
-the shared SOAP client. Failures raise :class:`PublishError`; the tracker retries with back-off.
+:func:`manifest_submission` (metadata from the study) is pure; :func:`send_manifest` is the I/O:
+ITI-41 over MTOM to the hospital's repository with the shared document source client.
+Failures raise :class:`PublishError`; the tracker retries with back-off.
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-from lxml import etree
 from pydicom.dataset import Dataset
 
-from ihe import mtom
-from ihe.errors import STATUS_SUCCESS, parse_registry_response
-from ihe.metadata.ebrim import write_submit_objects_request
+from ihe.errors import STATUS_SUCCESS
 from ihe.metadata.model import (
     Association,
     AssociationType,
@@ -29,7 +26,6 @@ from ihe.metadata.model import (
     SubmissionSet,
     datetime_to_dtm,
 )
-from ihe.namespaces import ACTION_ITI41, RS, XDSB, qn
 
 KOS_FORMAT = Code("1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.2.6.1",
                   LocalizedString("Key Object Selection Document"))
@@ -243,35 +239,18 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
     return SubmissionPackage(submission_set, [entry], [], associations)
 
 
-def provide_and_register_request(package: SubmissionPackage, content_ids: dict[str, str]) -> etree._Element:
-    """xdsb:ProvideAndRegisterDocumentSetRequest; each document's content as an xop:Include."""
-    root = etree.Element(qn(XDSB, "ProvideAndRegisterDocumentSetRequest"), nsmap={"xdsb": XDSB})
-    root.append(write_submit_objects_request(package))
-    for entry in package.documents:
-        doc = etree.SubElement(root, qn(XDSB, "Document"), id=entry.entry_uuid)
-        mtom.xop_include(doc, content_ids[entry.entry_uuid])
-    return root
-
-
 async def send_manifest(client, repository_url: str, package: SubmissionPackage, kos: bytes) -> None:
     """RAD-68 (ITI-41 with the KOS as application/dicom over MTOM); PublishError unless Success."""
     from consumer.client.soap import SoapFaultError, TransportError
+    from consumer.client.source import provide_and_register
 
     entry = package.documents[0]
-    cid = mtom.new_content_id()
-    body = provide_and_register_request(package, {entry.entry_uuid: cid})
     try:
-        result = await client.call(repository_url, ACTION_ITI41, body,
-                                   attachments=[mtom.Attachment(cid, DICOM_MIME, data=kos)])
+        result = await provide_and_register(client, repository_url, package, {entry.entry_uuid: kos})
     except TransportError as exc:
         raise PublishError(str(exc)) from None
     except SoapFaultError as exc:
         raise PublishError(f"SOAP Fault from the repository: {exc.fault.reason}") from None
-    response = result.body if result.body.tag == qn(RS, "RegistryResponse") else result.body.find(
-        f".//{qn(RS, 'RegistryResponse')}")
-    if response is None:
-        raise PublishError(f"the repository answered {result.body.tag}, not a RegistryResponse")
-    status, errors = parse_registry_response(response)
-    if status != STATUS_SUCCESS:
-        detail = "; ".join(f"{e.code}: {e.context}" for e in errors) or "no error list"
-        raise PublishError(f"the repository answered {status.rsplit(':', 1)[-1]}: {detail}")
+    if result.status != STATUS_SUCCESS:
+        detail = "; ".join(f"{e.code}: {e.context}" for e in result.errors) or "no error list"
+        raise PublishError(f"the repository answered {result.status.rsplit(':', 1)[-1]}: {detail}")

@@ -21,7 +21,7 @@ SAMPLES = {
     "MR": "MR_small.dcm",              # MR, Explicit VR Little Endian
     "US": "US1_J2KR.dcm",              # US, JPEG 2000 lossless, RGB
     "CR": "RG3_J2KR.dcm",              # CR, JPEG 2000 lossless
-    "MR_RLE": "MR_small_RLE.dcm",      # MR, RLE lossless
+    "US_RLE": "OBXXXX1A_rle.dcm",      # US palette colour, RLE lossless
 }
 
 

@@ -58,7 +58,7 @@ async def test_pynetdicom_c_store_keeps_and_indexes(imaging_source, imaging_data
 
 async def test_storescu_c_store(imaging_source, imaging_database_url, samples):
     storescu = require_tool("storescu", "dcmtk")
-    path = samples["MR_RLE"]
+    path = samples["US_RLE"]
     result = subprocess.run([storescu, "--propose-rle", "-aet", "DCMTK_SCU", "-aec", "XDSI_TEST", "127.0.0.1",
                              str(imaging_source.dicom_port), str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
