@@ -105,25 +105,38 @@ def package_for(i: int, n_documents: int, rng: random.Random) -> SubmissionPacka
     return SubmissionPackage(ss, docs, [], assocs)
 
 
-def rows_for_patients(first: int, last: int) -> str:
-    """JSON text of all table rows for patients [first, last) (runs in a worker process)."""
+def rows_for_patients(first: int, last: int) -> dict[str, list[tuple]]:
+    """All table rows for patients [first, last), as COPY records (runs in a worker process)."""
     rng = random.Random(first)
-    batch: dict[str, list[dict]] = {"claims": [], "submission_sets": [], "documents": [], "folders": [],
-                                    "associations": []}
+    batch: dict[str, list[tuple]] = {key: [] for key in FILL_TABLES}
     for i in range(first, last):
         package = package_for(i, 20 if i < HEAVY_PATIENTS else 10, rng)
         fragments = {o.entry_uuid: object_fragment(o).decode() for o in package.objects()}
         for key, rows in store.package_rows(package, fragments).items():
-            batch[key].extend(rows)
-    return json.dumps(batch, separators=(",", ":"))
+            if key in FILL_TABLES:
+                columns = FILL_TABLES[key][1]
+                batch[key].extend(tuple(_copy_value(c, row[c]) for c in columns) for row in rows)
+    return batch
 
 
-FILL_SQL = {
-    "claims": ("unique_id_claim", "unique_id, object_id, object_kind, hash"),
-    "submission_sets": ("submission_set", store._SS_COLUMNS),
-    "documents": ("document_entry", store._DE_COLUMNS),
-    "associations": ("association", store._AS_COLUMNS),
+def _columns(spec: str) -> list[str]:
+    return [c.strip() for c in spec.split(",")]
+
+
+# The store's own column lists, so the fill writes exactly the rows ITI-42 writes.
+FILL_TABLES = {
+    "claims": ("unique_id_claim", _columns("unique_id, object_id, object_kind, hash")),
+    "submission_sets": ("submission_set", _columns(store._SS_COLUMNS)),
+    "documents": ("document_entry", _columns(store._DE_COLUMNS)),
+    "associations": ("association", _columns(store._AS_COLUMNS)),
 }
+_TIME_COLUMNS = {"submission_time", "creation_time", "service_start_time", "service_stop_time"}
+
+
+def _copy_value(column: str, value):
+    if column in _TIME_COLUMNS and value is not None:
+        return datetime.fromisoformat(value)
+    return value
 
 
 async def fill(url: str, patients: int) -> dict:
@@ -141,12 +154,10 @@ async def fill(url: str, patients: int) -> dict:
     ranges = [(a, min(a + step, patients + 1)) for a in range(1, patients + 1, step)]
     done = 0
     with multiprocessing.Pool(max(1, (os.cpu_count() or 2))) as pool:
-        for text in pool.imap(_rows_star, ranges):
+        for batch in pool.imap(_rows_star, ranges):
             async with conn.transaction():
-                for key, (table, columns) in FILL_SQL.items():
-                    await conn.execute(
-                        f"INSERT INTO {table} ({columns}) SELECT {columns}"
-                        f" FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb -> '{key}')", text)
+                for key, (table, columns) in FILL_TABLES.items():
+                    await conn.copy_records_to_table(table, records=batch[key], columns=columns)
             done += 1
             if done % 20 == 0:
                 print(f"  fill: {done * step:,} / {patients:,} patients, {time.perf_counter() - t0:.0f} s", flush=True)
@@ -156,7 +167,7 @@ async def fill(url: str, patients: int) -> dict:
     return {"documents": count, "patients": patients, "fill_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _rows_star(r: tuple[int, int]) -> str:
+def _rows_star(r: tuple[int, int]) -> dict[str, list[tuple]]:
     return rows_for_patients(*r)
 
 
@@ -328,6 +339,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="registry worker processes")
     parser.add_argument("--port", type=int, default=18010)
+    parser.add_argument("--fill-only", action="store_true", help="fill the database and stop")
     args = parser.parse_args()
 
     admin, embedded = admin_url(args.database_url)
@@ -337,6 +349,8 @@ def main() -> int:
         print(f"filling {args.patients:,} patients ...", flush=True)
         info["fill"] = asyncio.run(fill(url, args.patients))
         print(f"  {info['fill']}", flush=True)
+    if args.fill_only:
+        return 0
     proc = start_registry(url, args.port, args.workers)
     try:
         info["results"] = asyncio.run(measure(url, f"http://127.0.0.1:{args.port}/registry", args))
