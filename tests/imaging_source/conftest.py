@@ -61,6 +61,45 @@ def imaging_database_url(database_url: str) -> str:
     return database_url
 
 
+@pytest.fixture(scope="session")
+def new_imaging_database(postgres_admin_url: str):
+    """A factory of fresh databases with the imaging source schema, one per imaging source process, so that
+    no two processes' trackers ever work on the same studies. All are dropped at the end of the session."""
+    import uuid
+
+    from schemas import migrate
+    from tests.conftest import _with_database
+
+    created: list[str] = []
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def create() -> str:
+        name = f"xds_test_img_{uuid.uuid4().hex[:10]}"
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        url = _with_database(postgres_admin_url, name)
+
+        async def apply() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await migrate(conn, "imaging_source")
+            finally:
+                await conn.close()
+
+        asyncio.run(apply())
+        return url
+
+    yield create
+    for name in created:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 async def empty_tables(url: str) -> None:
     from imaging_source.store import TABLES
 
