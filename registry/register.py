@@ -464,11 +464,12 @@ async def _rollback(conn: asyncpg.Connection) -> None:
 
 async def _register(conn, registry, package, preassigned, rows, now) -> list[RegistryError]:
     """The registry rules and writes; returns the errors (the caller then rolls back)."""
-    lookups = preassigned | external_references(package)
-    existing = await store.find_objects(conn, lookups) if lookups else {}
     errors = await _patient_errors(conn, registry, package)
-    reference_errors, plan = check_references(package, existing, preassigned)
-    errors += reference_errors
+    plan = ReferencePlan()
+    lookups = preassigned | external_references(package)
+    if lookups:  # without ids from outside the package there is nothing to check against the registry
+        reference_errors, plan = check_references(package, await store.find_objects(conn, lookups), preassigned)
+        errors += reference_errors
     if errors:  # report uniqueId problems as well, without writing anything
         return errors + check_unique_ids(package, await store.find_claims(conn, unique_ids(package)))
     try:
