@@ -83,9 +83,9 @@ class FileStorage:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
+            # The rename is durable once its directory is; new directories need their parents' entries too.
             for d in [target.parent, *created_dirs]:
                 _fsync_dir(d)
-            _fsync_dir(self.root)
         except OSError as exc:
             raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
         return len(data)
