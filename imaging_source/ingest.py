@@ -30,7 +30,7 @@ PATIENT_STUDY_KEYWORDS = (
     "EthnicGroup", "PatientAge", "PatientSize", "PatientWeight",
     "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
     "IssuerOfAccessionNumberSequence", "StudyDescription", "ProcedureCodeSequence",
-    "ReferencedStudySequence", "RequestAttributesSequence", "Modality",
+    "ReferencedStudySequence", "RequestAttributesSequence", "Modality", "TimezoneOffsetFromUTC",
 )
 
 
