@@ -119,7 +119,7 @@ class PartHeaders:
 
 @dataclass(slots=True)
 class PartData:
-    data: bytes
+    data: bytes | memoryview  # a memoryview of the fed bytes where that avoids a copy
 
 
 @dataclass(slots=True)
@@ -178,21 +178,25 @@ class MultipartParser:
         events: list[Event] = []
         if self._state == _EPILOGUE:
             return events
+        delimiter = self._delimiter
+        if self._state == _BODY and len(self._buf) <= len(delimiter) + 1 and len(data) > 4 * len(delimiter):
+            data = self._feed_body(data, events)
+            if not data:
+                return events
         self._buf += data
         buf = self._buf
-        delimiter = self._delimiter
         while True:
             if self._state == _BODY:
                 i = buf.find(delimiter)
                 if i < 0:
                     safe = len(buf) - len(delimiter)
                     if safe > 0:
-                        events.append(PartData(bytes(buf[:safe])))
+                        events.append(PartData(bytes(memoryview(buf)[:safe])))
                         del buf[:safe]
                     return events
                 end = i - 1 if i > 0 and buf[i - 1] == 0x0D else i
                 if end > 0:
-                    events.append(PartData(bytes(buf[:end])))
+                    events.append(PartData(bytes(memoryview(buf)[:end])))
                 events.append(PartEnd())
                 del buf[: i + len(delimiter)]
                 self._state = _AFTER_DELIMITER
@@ -243,6 +247,42 @@ class MultipartParser:
                 del buf[: m.end()]
                 self._state = _BODY
 
+    def _feed_body(self, data: bytes, events: list[Event]) -> bytes:
+        """Body data without copying it: search the small held-back tail plus ``data`` in place.
+
+        Emits zero-copy memoryview slices of ``data``. Returns what follows a delimiter found
+        in ``data`` (state then AFTER_DELIMITER, buffer empty; maybe b"") or b"" when all was body.
+        """
+        delimiter = self._delimiter
+        size = len(delimiter)
+        tail = bytes(self._buf)
+        i = (tail + data[: size - 1]).find(delimiter) if tail else -1  # a delimiter across the junction
+        if i < 0:
+            j = data.find(delimiter)
+            i = len(tail) + j if j >= 0 else -1
+        view = memoryview(data)
+        if i < 0:
+            keep = size + 1  # a CR and all but the last byte of a delimiter may be at the end
+            if tail:
+                events.append(PartData(tail))
+            events.append(PartData(view[: len(data) - keep]))
+            self._buf = bytearray(data[len(data) - keep:])
+            return b""
+        end = i
+        if end > 0 and (tail[end - 1] if end <= len(tail) else data[end - 1 - len(tail)]) == 0x0D:
+            end -= 1
+        if end <= len(tail):
+            if end > 0:
+                events.append(PartData(tail[:end]))
+        else:
+            if tail:
+                events.append(PartData(tail))
+            events.append(PartData(view[: end - len(tail)]))
+        events.append(PartEnd())
+        self._buf = bytearray()
+        self._state = _AFTER_DELIMITER
+        return data[i + size - len(tail):]
+
     def close(self) -> None:
         """Declare the end of input; a message without its closing delimiter is truncated."""
         if self._state != _EPILOGUE:
@@ -253,7 +293,7 @@ class MultipartParser:
 
 
 class _Identity:
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes | memoryview:
         return data
 
     def flush(self) -> bytes:
@@ -268,8 +308,8 @@ class _Base64Decoder:
     def __init__(self) -> None:
         self._pending = b""
 
-    def feed(self, data: bytes) -> bytes:
-        data = self._pending + self._WS.sub(b"", data)
+    def feed(self, data: bytes | memoryview) -> bytes:
+        data = self._pending + self._WS.sub(b"", bytes(data))
         cut = len(data) - len(data) % 4
         self._pending = data[cut:]
         try:
@@ -573,11 +613,11 @@ class MTOMPackage:
 
     content_type: str
     content_length: int
-    _segments: list[bytes | Attachment]
+    segments: list[bytes | Attachment]  # MIME framing as bytes, attachments to stream between them
 
     def iter_chunks(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """The message bytes; file attachments are read ``chunk_size`` at a time."""
-        for seg in self._segments:
+        for seg in self.segments:
             if isinstance(seg, bytes):
                 yield seg
             elif seg.data is not None:
