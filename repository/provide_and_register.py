@@ -106,7 +106,7 @@ def prepare_registration(
             errors.append(error(ErrorCode.MISSING_DOCUMENT_METADATA,
                                 f"Document {doc_id} has no DocumentEntry (no ExtrinsicObject with id {doc_id})",
                                 doc_id))
-    stored: list[StoredDocument] = []
+    accepted: list[tuple[DocumentEntry, BlobInfo]] = []
     seen_unique_ids: dict[str, str] = {}
     for entry in stable:
         label = _label(entry)
@@ -141,17 +141,19 @@ def prepare_registration(
             errors.append(error(ErrorCode.REPOSITORY_METADATA_ERROR,
                                 f"{label}: size {entry.size} does not match the size of the document received "
                                 f"({blob.size} bytes)", entry.entry_uuid))
-        if len(errors) > before:
-            continue
+        if len(errors) == before:
+            accepted.append((entry, blob))
+    if errors:
+        raise XDSError(errors)
+    stored: list[StoredDocument] = []
+    for entry, blob in accepted:  # only now, all checks passed: complete the metadata
         eo = extrinsic.get(entry.entry_uuid)
-        if eo is None:  # the reader found it, so this cannot happen; never register half-edited metadata
-            raise XDSError.of(ErrorCode.REPOSITORY_ERROR, f"{label}: ExtrinsicObject not found")
+        if eo is None:  # the reader found it, so this cannot happen
+            raise XDSError.of(ErrorCode.REPOSITORY_ERROR, f"{_label(entry)}: ExtrinsicObject not found")
         set_slot(eo, "hash", [blob.sha1])
         set_slot(eo, "size", [str(blob.size)])
         set_slot(eo, "repositoryUniqueId", [repository_unique_id])
         stored.append(StoredDocument(entry.unique_id or "", blob.key, blob.sha1, blob.size, entry.mime_type or ""))
-    if errors:
-        raise XDSError(errors)
     return stored
 
 
