@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ihe.errors import ErrorCode, RegistryError, XDSError, error
 from ihe.http import SoapReply
+from ihe.metadata.model import Identifiable
 from ihe.namespaces import ACTION_ITI18_RESPONSE
 from ihe.soap import SoapRequest
 from registry.stored_query.params import Parameters, parse_parameters
@@ -100,8 +101,14 @@ def check_result(objects: list[ResultObject], max_results: int) -> None:
         raise XDSError.of(ErrorCode.TOO_MANY_RESULTS,
                           f"the query matches more than {max_results} objects (the registry's limit); "
                           "narrow it with more parameters")
-    patients = {o.patient_id for o in objects if o.patient_id is not None}
+    # One patient may be stored with and without the CX namespace id: compare id and authority.
+    patients = {_patient_key(o.patient_id) for o in objects if o.patient_id is not None}
     if len(patients) > 1:
         raise XDSError.of(ErrorCode.RESULT_NOT_SINGLE_PATIENT,
                           f"the query's result holds objects of {len(patients)} different patients; "
                           "ask for the objects of one patient at a time")
+
+
+def _patient_key(cx: str) -> tuple[str, str | None]:
+    ident = Identifiable.parse_cx(cx)
+    return ident.id, ident.authority_oid or ident.authority_namespace

@@ -4,8 +4,8 @@ Every stored query is ONE SQL statement returning rows ``(kind, id, patient_id, 
 kind names the object type, ebrim is the stored wire form (NULL for ObjectRef answers, so
 nothing is fetched that will not be sent). Filters are added only for the parameters given,
 so each combination of parameters has one stable SQL text, which asyncpg prepares once per
-connection and re-uses. Patient queries lead with ``patient_id = $1 AND status = ANY($2)``,
-the (patient_id, status) index.
+connection and re-uses. Patient queries lead with ``patient_id = ANY($1) AND status = ANY($2)``
+(the patient id in its stored forms, see params.canonical_patient_id): the (patient_id, status) index.
 """
 
 from __future__ import annotations

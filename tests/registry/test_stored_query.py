@@ -319,6 +319,18 @@ async def test_document_entry_type_defaults_to_stable(registry):
     assert both.ids() == {stable, on_demand}
 
 
+async def test_patient_id_with_a_namespace_id_matches_both_stored_forms(registry):
+    pid = await new_patient(registry)  # id^^^&OID&ISO
+    plain = (await submit(registry, pid)).document_id
+    ident = Identifiable.parse_cx(pid)
+    named = f"{ident.id}^^^NHS&{ident.authority_oid}&ISO"
+    stored_named = await insert_document(registry, named, v.DOCUMENT_ENTRY_STABLE)
+    answer = await query(registry, m.FIND_DOCUMENTS, find_documents(named))
+    assert answer.status == STATUS_SUCCESS, answer.errors  # one patient, whatever the form
+    assert answer.ids() == {plain, stored_named}
+    assert (await query(registry, m.FIND_DOCUMENTS, find_documents(pid))).ids() == {plain}
+
+
 @pytest.mark.parametrize(("params", "code"), [
     ({"$XDSDocumentEntryStatus": in_list(APPROVED)}, "XDSStoredQueryMissingParam"),
     ({"$XDSDocumentEntryPatientId": quoted("P^^^&1.2.3&ISO")}, "XDSStoredQueryMissingParam"),
