@@ -56,3 +56,14 @@ def test_no_secret_is_written_in_the_file():
     text = (ROOT / "compose.yaml").read_text()
     assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD" in text
     assert "password=" not in text.lower()
+
+
+def test_every_database_a_service_names_is_created_by_the_postgres_init_scripts():
+    services = compose()["services"]
+    created = {"xds"}
+    for script in (ROOT / "deploy" / "postgres").glob("*.sql"):
+        created |= {line.split()[2] for line in script.read_text().splitlines() if line.startswith("CREATE DATABASE")}
+    for name, service in services.items():
+        for var, value in service.get("environment", {}).items():
+            if var.endswith("DATABASE_URL"):
+                assert value.rsplit("/", 1)[1] in created, f"{name}: database of {var} is never created"
