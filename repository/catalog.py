@@ -42,17 +42,21 @@ def _doc(row: asyncpg.Record) -> StoredDocument:
 
 
 async def journal_submission(pool: asyncpg.Pool, repository_id: str, documents: Sequence[StoredDocument]) -> uuid.UUID:
-    """Record a submission before its blobs are placed; returns its journal id."""
+    """Record a submission before its blobs are placed; returns its journal id (one statement)."""
     submission = uuid.uuid4()
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO repository_submission (id, repository_unique_id) VALUES ($1, $2)",
-                           submission, repository_id)
-        await conn.executemany(
-            "INSERT INTO repository_submission_document (submission, document_unique_id, content_key, sha1, size,"
-            " mime_type) VALUES ($1, $2, $3, $4, $5, $6)",
-            [(submission, d.unique_id, d.key, d.sha1, d.size, d.mime_type) for d in documents],
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "WITH s AS (INSERT INTO repository_submission (id, repository_unique_id) VALUES ($1, $2))"
+            " INSERT INTO repository_submission_document (submission, document_unique_id, content_key, sha1, size,"
+            " mime_type) SELECT $1, * FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])",
+            submission, repository_id, *_columns(documents),
         )
     return submission
+
+
+def _columns(documents: Sequence[StoredDocument]) -> tuple[list, list, list, list, list]:
+    return ([d.unique_id for d in documents], [d.key for d in documents], [d.sha1 for d in documents],
+            [d.size for d in documents], [d.mime_type for d in documents])
 
 
 async def _is_referenced(conn: asyncpg.Connection, repository_id: str, key: str,
@@ -92,22 +96,20 @@ async def settle_submission(pool: asyncpg.Pool, store: DocumentStore, repository
                 referenced = await _is_referenced(conn, repository_id, key, submission)
             if not referenced:
                 await store.remove(key)
-    async with pool.acquire() as conn, conn.transaction():
-        replaced = []
-        if keep:
-            replaced = await conn.fetch(
-                "SELECT content_key FROM repository_document WHERE repository_unique_id = $1 AND"
-                " document_unique_id = ANY($2::text[]) FOR UPDATE",
-                repository_id, [d.unique_id for d in keep],
-            )
-            await conn.executemany(
-                "INSERT INTO repository_document (repository_unique_id, document_unique_id, content_key, sha1, size,"
-                " mime_type) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (repository_unique_id, document_unique_id)"
-                " DO UPDATE SET content_key = EXCLUDED.content_key, sha1 = EXCLUDED.sha1, size = EXCLUDED.size,"
-                " mime_type = EXCLUDED.mime_type, stored_at = now()",
-                [(repository_id, d.unique_id, d.key, d.sha1, d.size, d.mime_type) for d in keep],
-            )
-        await conn.execute("DELETE FROM repository_submission WHERE id = $1", submission)
+    async with pool.acquire() as conn:
+        # One statement, so atomic: the CTEs all see the rows as they were before it ("old").
+        replaced = await conn.fetch(
+            "WITH old AS (SELECT content_key FROM repository_document WHERE repository_unique_id = $1"
+            "   AND document_unique_id = ANY($3::text[])),"
+            " upsert AS (INSERT INTO repository_document (repository_unique_id, document_unique_id, content_key, sha1,"
+            "   size, mime_type) SELECT $1, * FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[])"
+            "   ON CONFLICT (repository_unique_id, document_unique_id) DO UPDATE SET"
+            "   content_key = EXCLUDED.content_key, sha1 = EXCLUDED.sha1, size = EXCLUDED.size,"
+            "   mime_type = EXCLUDED.mime_type, stored_at = now()),"
+            " closed AS (DELETE FROM repository_submission WHERE id = $2)"
+            " SELECT content_key FROM old",
+            repository_id, submission, *_columns(keep),
+        )
     await collect_garbage(pool, store, repository_id, {r["content_key"] for r in replaced} - kept_keys)
 
 
