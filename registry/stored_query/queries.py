@@ -197,15 +197,23 @@ def _get_all(params: Parameters, sql: Sql, limit: int) -> Statement:
 
 
 def _match_ids(sql: Sql, alias: str, params: Parameters, prefix: str) -> str:
-    """The condition selecting objects by the one of entryUUID / uniqueId / logicalID that was given."""
+    """The condition selecting objects by the one of entryUUID / uniqueId / logicalID that was given.
+
+    Folders and SubmissionSets have no index on unique_id: their uniqueIds are found through
+    unique_id_claim (primary key unique_id), which holds every uniqueId of the registry.
+    """
     for suffix, column, cast in (("EntryUUID", "id", "uuid"), ("UniqueId", "unique_id", "text"),
                                  ("LogicalID", "lid", "uuid")):
         name = f"${prefix}{suffix}"
-        if name in params:
-            value = params.get(name)
-            if isinstance(value, list):
-                return f"{alias}.{column} = ANY({sql.arg(value, f'::{cast}[]')})"
-            return f"{alias}.{column} = {sql.arg(value, f'::{cast}')}"
+        if name not in params:
+            continue
+        value = params.get(name)
+        arg = sql.arg(value, f"::{cast}[]" if isinstance(value, list) else f"::{cast}")
+        test = f"= ANY({arg})" if isinstance(value, list) else f"= {arg}"
+        if column == "unique_id" and prefix != "XDSDocumentEntry":
+            return (f"{alias}.id IN (SELECT c.object_id FROM unique_id_claim c WHERE c.unique_id {test}) "
+                    f"AND {alias}.unique_id {test}")
+        return f"{alias}.{column} {test}"
     raise AssertionError(f"no {prefix} identifier parameter: the parameter check must have refused the query")
 
 
