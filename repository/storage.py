@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 import uuid
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from ihe.mtom import Attachment
+from ihe.mtom import Attachment, HashingFileWriter
 
 
 class DocumentTooLarge(ValueError):
@@ -50,7 +49,8 @@ class BlobInfo:
 class Upload:
     """A document being received: bytes go to a staging file while SHA-1/SHA-256/size are kept.
 
-    Implements :class:`ihe.mtom.AttachmentSink`, so MTOM parts stream straight into it.
+    Implements :class:`ihe.mtom.AttachmentSink`, so MTOM parts stream straight into it; the
+    hashing and writing of big documents run on a writer thread (:class:`HashingFileWriter`).
     """
 
     def __init__(self, path: Path, *, max_bytes: int | None, content_id: str = "",
@@ -59,40 +59,37 @@ class Upload:
         self.content_id = content_id
         self.headers = dict(headers or {})
         self.max_bytes = max_bytes
-        self._sha1 = hashlib.sha1(usedforsecurity=False)
-        self._sha256 = hashlib.sha256()
-        self.size = 0
-        self._fh: BinaryIO | None = open(path, "xb")  # noqa: SIM115 - owned until place/discard
+        self._writer = HashingFileWriter(path, ("sha1", "sha256"))
         self.info: BlobInfo | None = None
         self.placed = False
 
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.max_bytes is not None and self.size > self.max_bytes:
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.max_bytes is not None and self._writer.size + len(data) > self.max_bytes:
             name = f" <{self.content_id}>" if self.content_id else ""
             raise DocumentTooLarge(f"document{name} exceeds the limit of {self.max_bytes} bytes")
-        self._sha1.update(data)
-        self._sha256.update(data)
-        assert self._fh is not None
-        self._fh.write(data)
+        self._writer.write(data)
 
     def finish(self) -> None:
-        assert self._fh is not None
-        self._fh.flush()
-        self.info = BlobInfo(self._sha256.hexdigest(), self._sha1.hexdigest(), self.size)
+        digests = self._writer.finish()
+        self.info = BlobInfo(digests["sha256"], digests["sha1"], self._writer.size)
 
     def discard(self) -> None:
         """Forget the staged bytes (idempotent; a no-op once placed)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._writer.close()
         if not self.placed:
             self.path.unlink(missing_ok=True)
 
+    async def sync(self) -> None:
+        """Make the staged bytes durable (fsync on a thread: it may take seconds for gigabytes)."""
+        if not self._writer.closed:
+            await asyncio.to_thread(os.fsync, self._writer.fileno())
+
     def _close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._writer.close()
 
 
 class DocumentStore(Protocol):
@@ -188,8 +185,8 @@ class FileSystemStore:
             upload.discard()
             upload.placed = True
             return info
-        if self.durable and upload._fh is not None:
-            await asyncio.to_thread(os.fsync, upload._fh.fileno())
+        if self.durable:
+            await upload.sync()
         upload._close()
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(upload.path, final)

@@ -11,7 +11,8 @@ production) on a fresh database and measures:
 - ITI-43 of one 500 MB document, read to the end by curl (to /dev/null: what the repository
   serves; and to a file: a copy), and by our client library (MTOM parsed, SHA-1 checked, file
   written), against a plain copy (``shutil.copyfile``) of the stored blob on the same disk.
-  Runs are interleaved; medians are reported. The target is retrieve >= 50% of copy speed.
+  Runs are interleaved, each after a sync (no dirty pages), medians are reported. The target is
+  retrieve >= 50% of copy speed.
 
 Prints a Markdown block for docs/benchmarks.md and writes JSON to bench/results/.
 """
@@ -153,16 +154,19 @@ async def measure_iti43(repo_url: str, storage: Path, patient: str, work: Path, 
     async with SoapClient(timeout=600) as client:
         for _ in range(args.runs):
             target = work / "copy.bin"
+            os.sync()  # each measure starts with no dirty pages: writeback throttling hits all alike
             t0 = time.perf_counter()
             shutil.copyfile(blob, target)
             copy_s.append(time.perf_counter() - t0)
             target.unlink()
 
+            os.sync()
             curl_null_s.append(curl_retrieve(repo_url, envelope, "/dev/null"))
             curl_file_s.append(curl_retrieve(repo_url, envelope, str(work / "curl.out")))
             (work / "curl.out").unlink()
 
             out = work / "client"
+            os.sync()
             t0 = time.perf_counter()
             got = await retrieve_document_set(client, repo_url, [DocumentRequest(REPOSITORY_ID, entry.unique_id)],
                                               dest_dir=out)

@@ -20,7 +20,7 @@ from lxml import etree
 
 from consumer.client.soap import SoapClient, TransportError
 from ihe.errors import RegistryError, parse_registry_response
-from ihe.mtom import XOP_INCLUDE, MemorySink, lookup_attachment
+from ihe.mtom import XOP_INCLUDE, HashingFileWriter, MemorySink, lookup_attachment
 from ihe.namespaces import ACTION_ITI43, RS, XDSB, qn
 from ihe.xml import text_of
 
@@ -67,30 +67,28 @@ def retrieve_request(requests: Sequence[DocumentRequest]) -> etree._Element:
 
 
 class FileSink:
-    """An attachment streamed to a file, hashed on the way."""
+    """An attachment streamed to a file, hashed on the way (big ones on a writer thread)."""
 
     def __init__(self, folder: Path, content_id: str = "") -> None:
         self.content_id = content_id
         self.path = folder / f".partial-{uuid.uuid4().hex}"
-        self._fh = open(self.path, "xb")  # noqa: SIM115 - closed in finish/discard
-        self._sha1 = hashlib.sha1(usedforsecurity=False)
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self._sha1.update(data)
-        self.size += len(data)
-        self._fh.write(data)
-
-    def finish(self) -> None:
-        self._fh.close()
-
-    def discard(self) -> None:
-        self._fh.close()
-        self.path.unlink(missing_ok=True)
+        self._writer = HashingFileWriter(self.path, ("sha1",))
+        self.sha1 = ""
 
     @property
-    def sha1(self) -> str:
-        return self._sha1.hexdigest()
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._writer.write(data)
+
+    def finish(self) -> None:
+        self.sha1 = self._writer.finish()["sha1"]
+        self._writer.close()
+
+    def discard(self) -> None:
+        self._writer.close()
+        self.path.unlink(missing_ok=True)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._^-]")

@@ -354,3 +354,41 @@ def test_xop_include_element_round_trips_through_the_parser():
     include = parent[0]
     assert parent.text is None and include.tag == f"{{{XOP_NS}}}Include"
     assert cid_from_href(include.get("href")) == "odd id/1@x"
+
+
+# --- file sinks -----------------------------------------------------------------------------------
+
+
+def test_hashing_file_writer_small_and_threaded(tmp_path):
+    import hashlib
+
+    for total in (1000, 5 * 1024 * 1024 + 7):  # inline only; then on the writer thread
+        data = random.Random(total).randbytes(total)
+        writer = mtom.HashingFileWriter(tmp_path / f"f{total}", ("sha1", "sha256"))
+        for i in range(0, total, 100_000):
+            writer.write(memoryview(data)[i : i + 100_000])
+        digests = writer.finish()
+        writer.close()
+        assert digests == {"sha1": hashlib.sha1(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest()}
+        assert writer.size == total and (tmp_path / f"f{total}").read_bytes() == data
+
+
+def test_hashing_file_writer_reports_a_failure_of_its_thread(tmp_path):
+    writer = mtom.HashingFileWriter(tmp_path / "f")
+    writer.write(b"x" * (writer.THREAD_AFTER + 1))  # starts the thread
+
+    class Full:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    writer._fh = Full()
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(100):
+            writer.write(b"y" * 65536)
+        writer.finish()
+    writer.close()
+    with pytest.raises(FileExistsError):  # never overwrites
+        mtom.HashingFileWriter(tmp_path / "f")
