@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -10,6 +9,7 @@ import sys
 
 from ihe.config import build_parser, resolve
 from ihe.database import resolve_database_url
+from ihe.eventloop import run
 from registry.settings import OPTIONS, RegistrySettings
 
 
@@ -41,7 +41,7 @@ def _serve(settings: RegistrySettings, database_url: str, with_mllp: bool) -> No
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, database_url, with_mllp=with_mllp))
+        run(serve(settings, database_url, with_mllp=with_mllp))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -199,6 +200,8 @@ def find_documents_envelope(patient: Identifiable) -> bytes:
     return build_envelope("urn:ihe:iti:2007:RegistryStoredQuery", req)
 
 
+_EXTRINSIC = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?ExtrinsicObject[\s>]")
+
 PLAIN_SQL = ("SELECT ebrim FROM document_entry WHERE patient_id = $1 AND status = ANY($2::text[])"
              " AND object_type = ANY($3::text[])")
 
@@ -234,7 +237,7 @@ async def measure(url: str, registry_url: str, args: argparse.Namespace) -> dict
         async def find(i: int) -> bool:
             async with http.post(registry_url, data=queries[i], headers=headers) as resp:
                 text = await resp.read()
-                counts.append(text.count(b"<rim:ExtrinsicObject") + text.count(b":ExtrinsicObject "))
+                counts.append(len(_EXTRINSIC.findall(text)))
                 return resp.status == 200 and b"ResponseStatusType:Success" in text
 
         await closed_loop(find, concurrency=1, total=min(100, len(queries)), max_seconds=30)  # warm
