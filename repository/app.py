@@ -21,7 +21,14 @@ from aiohttp import web
 from consumer.client.soap import SoapClient
 from ihe.database import create_pool
 from ihe.http import soap_response, unpack_soap_body
-from ihe.mtom import Attachment, MTOMError, build_mtom, parse_content_type, read_mtom_stream
+from ihe.mtom import (
+    Attachment,
+    MTOMError,
+    build_mtom,
+    parse_content_type,
+    read_mtom_stream,
+    send_mtom_response,
+)
 from ihe.namespaces import ACTION_ITI41, ACTION_ITI41_RESPONSE, ACTION_ITI43, ACTION_ITI43_RESPONSE
 from ihe.soap import (
     FAULT_RECEIVER,
@@ -41,7 +48,6 @@ from schemas import migrate
 log = logging.getLogger(__name__)
 
 REPOSITORY_PATH = "/repository"
-WRITE_CHUNK = 1024 * 1024
 READ_BUFSIZE = 1024 * 1024  # per-connection buffer before reading pauses; 64 KiB halves loopback throughput
 
 
@@ -182,36 +188,8 @@ def _fault(fault: SoapFault, relates_to: str | None, status: int | None = None) 
 
 async def stream_mtom(request: web.Request, envelope: bytes, attachments: list[Attachment],
                       action: str) -> web.StreamResponse:
-    """Send ``envelope`` and ``attachments`` as MTOM with a Content-Length.
-
-    File-backed attachments go out with sendfile(2): the kernel copies page cache to socket,
-    so neither memory nor Python touch the document bytes. Others are streamed chunk by chunk.
-    """
-    package = build_mtom(envelope, attachments, action=action)
-    response = web.StreamResponse(headers={"Content-Type": package.content_type})
-    response.content_length = package.content_length
-    await response.prepare(request)
-    loop = asyncio.get_running_loop()
-    for segment in package.segments:
-        if isinstance(segment, bytes):
-            await response.write(segment)
-        elif segment.data is not None:
-            await response.write(segment.data)
-        elif segment.path is not None:
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("the client went away")
-            size = segment.length()
-            with open(segment.path, "rb") as fh:
-                sent = await loop.sendfile(transport, fh, 0, size)
-            if sent != size:  # the blob is shorter than recorded: break the message rather than lie
-                raise OSError(f"blob {segment.path} is shorter than its recorded size")
-        else:
-            with segment.open() as fh:
-                while block := fh.read(WRITE_CHUNK):
-                    await response.write(block)
-    await response.write_eof()
-    return response
+    """Send ``envelope`` and ``attachments`` as MTOM (blob files go out with sendfile)."""
+    return await send_mtom_response(request, build_mtom(envelope, attachments, action=action))
 
 
 def build_app(repo: Repository) -> web.Application:

@@ -392,3 +392,43 @@ def test_hashing_file_writer_reports_a_failure_of_its_thread(tmp_path):
     writer.close()
     with pytest.raises(FileExistsError):  # never overwrites
         mtom.HashingFileWriter(tmp_path / "f")
+
+
+async def test_send_mtom_response_streams_files_with_sendfile(tmp_path):
+    import aiohttp
+    from aiohttp import web
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(BINARY * 50)
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    envelope = ENVELOPE.format(inner="").encode()
+
+    async def handler(request):
+        attachments = [Attachment("mem@x", "text/plain", data=b"in memory"),
+                       Attachment("file@x", "application/dicom", path=blob)]
+        if request.query.get("short"):
+            attachments.append(Attachment("short@x", path=short, size=1000))
+        return await mtom.send_mtom_response(request, build_mtom(envelope, attachments))
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                body = await response.read()
+                assert len(body) == response.content_length
+                content_type = response.headers["Content-Type"]
+            root_xml, attachments = unpack_mtom_bytes(content_type, body)
+            assert root_xml == envelope
+            assert attachments == {"mem@x": b"in memory", "file@x": BINARY * 50}
+            with pytest.raises(aiohttp.ClientPayloadError):  # never a complete-looking wrong message
+                async with session.get(f"http://127.0.0.1:{port}/?short=1") as response:
+                    await response.read()
+    finally:
+        await runner.cleanup()
