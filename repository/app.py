@@ -166,6 +166,9 @@ class RepositoryEndpoint:
             return _fault(SoapFault(FAULT_SENDER, f"malformed MTOM/XOP message: {exc}"), relates_to)
         except DocumentTooLarge as exc:
             return _fault(SoapFault(FAULT_SENDER, str(exc)), relates_to)
+        except ConnectionResetError:  # the client went away mid-request: nothing to answer, nothing kept
+            log.info("client disconnected during a request")
+            return web.Response(status=400)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("storage full: %s", exc)

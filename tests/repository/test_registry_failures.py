@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from consumer.client import DocumentRequest, SoapClient, provide_and_register, retrieve_document_set
+from consumer.client import DocumentRequest, SoapClient, SoapFaultError, provide_and_register, retrieve_document_set
 from consumer.client.query import get_documents
 from consumer.client.source import document_entry, submission_package
 from tests.conftest import free_port
@@ -159,3 +159,38 @@ async def test_a_second_process_cannot_serve_the_same_repository(network, tmp_pa
                                  repository_unique_id=repo.repository_unique_id)
     with pytest.raises(RuntimeError, match="in use by another repository process"):
         start_repository_process(network.database_url, network.registry.url, repo.storage_dir)
+
+
+async def test_limits_and_a_client_vanishing_mid_upload_leave_nothing(registry_database_url, tmp_path):
+    repo = start_repository_process(registry_database_url, "http://127.0.0.1:9/registry", tmp_path / "storage",
+                                    extra=("--max-document-bytes", "100000"))
+    try:
+        pid = await new_patient(registry_database_url)
+        entry, package = _submission(pid, b"")
+        async with SoapClient(timeout=30) as client:
+            with pytest.raises(SoapFaultError, match="exceeds the limit of 100000 bytes") as caught:
+                await provide_and_register(client, repo.url, package, {entry.entry_uuid: os.urandom(100_001)})
+        assert caught.value.status == 400
+        assert staging_files(repo.storage_dir) == []
+
+        # Half a message, then the connection drops.
+        from tests.messages import provide_and_register_request
+        from tests.repository.wire import mtom_request
+
+        message = mtom_request(provide_and_register_request(pid, contents=[os.urandom(90_000)]))
+        _, writer = await asyncio.open_connection("127.0.0.1", repo.port)
+        writer.write(f"POST /repository HTTP/1.1\r\nHost: x\r\nContent-Type: {message.content_type}\r\n"
+                     f"Content-Length: {len(message.body)}\r\n\r\n".encode() + message.body[:60_000])
+        await writer.drain()
+        async def staged():
+            return staging_files(repo.storage_dir) != []
+        await wait_until(staged, timeout=10, interval=0.02)
+        writer.close()
+
+        async def cleaned():
+            return staging_files(repo.storage_dir) == []
+        await wait_until(cleaned, timeout=10)
+        assert blobs(repo.storage_dir) == set()
+        assert repo.proc.poll() is None
+    finally:
+        repo.stop()
