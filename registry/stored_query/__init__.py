@@ -101,11 +101,11 @@ def check_result(objects: list[ResultObject], max_results: int) -> None:
         raise XDSError.of(ErrorCode.TOO_MANY_RESULTS,
                           f"the query matches more than {max_results} objects (the registry's limit); "
                           "narrow it with more parameters")
+    patients = {o.patient_id for o in objects if o.patient_id is not None}
     # One patient may be stored with and without the CX namespace id: compare id and authority.
-    patients = {_patient_key(o.patient_id) for o in objects if o.patient_id is not None}
-    if len(patients) > 1:
+    if len(patients) > 1 and len({_patient_key(p) for p in patients}) > 1:
         raise XDSError.of(ErrorCode.RESULT_NOT_SINGLE_PATIENT,
-                          f"the query's result holds objects of {len(patients)} different patients; "
+                          "the query's result holds objects of different patients; "
                           "ask for the objects of one patient at a time")
 
 
