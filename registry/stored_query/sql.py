@@ -11,6 +11,7 @@ connection and re-uses. Patient queries lead with ``patient_id = ANY($1) AND sta
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ import asyncpg
 
 from ihe.metadata import vocabulary as v
 from registry.stored_query.params import Parameters
+
+log = logging.getLogger(__name__)
 
 DOCUMENT_ENTRY = "DocumentEntry"
 SUBMISSION_SET = "SubmissionSet"
@@ -148,5 +151,11 @@ async def fetch_objects(pool: asyncpg.Pool, statement: Statement) -> list[Result
     finally:
         task = asyncio.get_running_loop().create_task(pool.release(conn))
         _releasing.add(task)
-        task.add_done_callback(_releasing.discard)
+        task.add_done_callback(_released)
     return [ResultObject(r["kind"], f"urn:uuid:{r['id']}", r["patient_id"], r["ebrim"]) for r in rows]
+
+
+def _released(task: asyncio.Task) -> None:
+    _releasing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("giving a connection back to the pool failed: %s", task.exception())
