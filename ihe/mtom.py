@@ -806,3 +806,17 @@ async def send_mtom_response(request: Any, package: MTOMPackage, *, status: int 
                     await response.write(block)
     await response.write_eof()
     return response
+
+
+async def body_chunks(stream: Any) -> AsyncIterator[bytes]:
+    """The chunks of an aiohttp body stream (``request.content``/``response.content``) as received.
+
+    ``readchunk`` hands over each received buffer as is, where ``iter_any`` joins what has
+    piled up (one more copy of every byte of a large document).
+    """
+    while True:
+        data, end_of_http_chunk = await stream.readchunk()
+        if data:
+            yield data
+        elif not end_of_http_chunk:
+            return

@@ -24,6 +24,7 @@ from ihe.http import soap_response, unpack_soap_body
 from ihe.mtom import (
     Attachment,
     MTOMError,
+    body_chunks,
     build_mtom,
     parse_content_type,
     read_mtom_stream,
@@ -116,7 +117,7 @@ class RepositoryEndpoint:
                             f"{s.max_request_bytes} bytes")
         attachments: dict[str, Any] = {}
         if media == "multipart/related":
-            message = await read_mtom_stream(content_type, request.content.iter_any(), self._open_sink,
+            message = await read_mtom_stream(content_type, body_chunks(request.content), self._open_sink,
                                              max_root_bytes=s.max_xml_bytes, max_total_bytes=s.max_request_bytes)
             attachments = message.attachments
             try:

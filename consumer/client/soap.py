@@ -19,6 +19,7 @@ from ihe.mtom import (
     MemorySink,
     MTOMError,
     SinkFactory,
+    body_chunks,
     build_mtom,
     parse_content_type,
     read_mtom_stream,
@@ -139,7 +140,7 @@ class SoapClient:
         attachments: dict[str, Any] = {}
         is_mtom = media == "multipart/related"
         if is_mtom:
-            message = await read_mtom_stream(content_type, response.content.iter_any(), open_sink,
+            message = await read_mtom_stream(content_type, body_chunks(response.content), open_sink,
                                              max_root_bytes=self.max_xml_bytes)
             root_xml, attachments = message.root, message.attachments
         elif media in ("application/soap+xml", "text/xml", "application/xml"):
