@@ -11,7 +11,7 @@ JSON arrays onto the ``text[]`` code columns, which ``unnest`` of 2-D arrays can
 
 Conventions of the stored columns (shared with the stored-query engine):
 - ``id``/``lid``/``source``/``target``: the UUID without its ``urn:uuid:`` prefix;
-- ``status``: the full ebRIM status URN; ``patient_id``: the canonical CX (``Identifiable.to_cx()``);
+- ``status``: the full ebRIM status URN; ``patient_id``: the canonical CX ``id^^^&OID&ISO`` (see ``_cx``);
 - codes: ``code^^^codingScheme``; times: the earliest UTC instant of the HL7 DTM;
 - ``hash``: lower case, in both ``document_entry`` and ``unique_id_claim``.
 """
@@ -28,7 +28,7 @@ import asyncpg
 
 from ihe.errors import ErrorCode, XDSError
 from ihe.metadata import vocabulary as v
-from ihe.metadata.model import Author, Code, SubmissionPackage, dtm_to_datetime
+from ihe.metadata.model import Author, Code, Identifiable, SubmissionPackage, dtm_to_datetime
 
 KIND_DOCUMENT_ENTRY = "DocumentEntry"
 KIND_SUBMISSION_SET = "SubmissionSet"
@@ -99,7 +99,13 @@ def _time(value: str | None, owner: str, attribute: str) -> str | None:
 
 
 def _cx(identifiable) -> str | None:
-    return identifiable.to_cx() if identifiable is not None else None
+    """The patient id column's form: ``id^^^&OID&ISO`` (a namespace id sent beside the OID is dropped,
+    so one patient is one value whatever the source put in CX-4's first component)."""
+    if identifiable is None:
+        return None
+    if identifiable.authority_oid:
+        return Identifiable(identifiable.id, identifiable.authority_oid).to_cx()
+    return identifiable.to_cx()
 
 
 def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> dict[str, list[dict]]:

@@ -206,3 +206,12 @@ async def test_other_constraint_failures_stay_database_errors(registry_pool):
         with pytest.raises(asyncpg.NotNullViolationError):
             await store.insert_package(conn, rows)
         assert await count(conn, "submission_set") == 0
+
+
+def test_patient_id_column_drops_a_namespace_sent_beside_the_oid():
+    from ihe.metadata.model import Identifiable
+    from registry.store import _cx
+
+    assert _cx(Identifiable("123", "1.2.3", "NHS")) == "123^^^&1.2.3&ISO"
+    assert _cx(Identifiable("123", "1.2.3")) == "123^^^&1.2.3&ISO"
+    assert _cx(Identifiable("123", None, "HOSP")) == "123^^^HOSP"
