@@ -97,7 +97,13 @@ def submission(patient: str, content: bytes, *, for_registry: bool = False):
     return entry, package
 
 
-async def measure_iti41(repo_url: str, registry_url: str, patients: list[str], args) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure_iti41(repo_url: str, registry_url: str, patients: list[str], args, pids: dict[str, int]) -> dict:
     content = os.urandom(100 * 1024)
     async with SoapClient(timeout=120) as client:
         async def iti41(i: int) -> bool:
@@ -113,8 +119,11 @@ async def measure_iti41(repo_url: str, registry_url: str, patients: list[str], a
             return result.body.get("status", "").endswith(":Success")
 
         await closed_loop(iti41, concurrency=args.concurrency, total=50, max_seconds=30)  # warm up
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         provide = await closed_loop(iti41, concurrency=args.concurrency, total=args.submissions,
                                     max_seconds=args.seconds)
+        cpu_ms = {f"cpu_ms_per_iti41_{name}": round(1000 * (cpu_seconds(pid) - before[name]) / provide.requests, 1)
+                  for name, pid in pids.items()}
         register = await closed_loop(iti42, concurrency=args.concurrency, total=args.submissions,
                                      max_seconds=args.seconds)
     return {
@@ -122,7 +131,7 @@ async def measure_iti41(repo_url: str, registry_url: str, patients: list[str], a
         "iti41_p99_ms": round(provide.percentile(99), 1), "iti41_requests": provide.requests,
         "iti41_failures": provide.failures,
         "iti42_direct_per_second": round(register.per_second, 1), "iti42_direct_requests": register.requests,
-        "iti42_direct_failures": register.failures,
+        "iti42_direct_failures": register.failures, **cpu_ms,
     }
 
 
@@ -214,6 +223,8 @@ def markdown(info: dict) -> str:
         f"p99 {r41['iti41_p99_ms']} ms |",
         f"| ITI-42 of the same metadata straight to the registry (for comparison) | "
         f"{r41['iti42_direct_per_second']} submissions/s |",
+        f"| CPU per ITI-41: repository process / registry process | {r41['cpu_ms_per_iti41_repository']} ms / "
+        f"{r41['cpu_ms_per_iti41_registry']} ms |",
         f"| plain copy of the stored {r43['size_mb']} MB blob, same disk (`shutil.copyfile`, in-kernel) | {copy} MB/s "
         "median |",
         f"| the same copy through user space, 1 MiB read/write (as `dd bs=1M`) | "
@@ -263,7 +274,8 @@ def main() -> int:
         repo_url = f"http://127.0.0.1:{repo_port}/repository"
         patients = asyncio.run(record_patients(url, 200))
         print("ITI-41 ...", flush=True)
-        info["iti41"] = asyncio.run(measure_iti41(repo_url, registry_url, patients, args))
+        info["iti41"] = asyncio.run(measure_iti41(repo_url, registry_url, patients, args,
+                                                  {"repository": repository.pid, "registry": registry.pid}))
         print(f"  {info['iti41']}", flush=True)
         print("ITI-43 ...", flush=True)
         info["iti43"] = asyncio.run(measure_iti43(repo_url, work / "storage", patients[0], work, args))
