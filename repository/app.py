@@ -22,8 +22,8 @@ from consumer.client.soap import SoapClient
 from ihe.database import create_pool
 from ihe.http import soap_response, unpack_soap_body
 from ihe.mtom import (
-    Attachment,
     MTOMError,
+    MTOMPackage,
     body_chunks,
     build_mtom,
     parse_content_type,
@@ -141,6 +141,7 @@ class RepositoryEndpoint:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         relates_to = None
         soap: SoapRequest | None = None
+        answer: MTOMPackage | None = None
         try:
             soap, was_mtom = await self.read_request(request)
             relates_to = soap.message_id
@@ -158,9 +159,10 @@ class RepositoryEndpoint:
 
                 response, attachments = await retrieve_document_set(self.repo, soap)
                 envelope = build_envelope(ACTION_ITI43_RESPONSE, response, relates_to=relates_to)
-                return await stream_mtom(request, envelope, attachments, ACTION_ITI43_RESPONSE)
-            raise SoapFault(FAULT_SENDER, f"WS-Addressing Action {soap.action!r} is not supported at this endpoint; "
-                            f"supported: {ACTION_ITI41}, {ACTION_ITI43}", WSA_ACTION_NOT_SUPPORTED)
+                answer = build_mtom(envelope, attachments, action=ACTION_ITI43_RESPONSE)
+            else:
+                raise SoapFault(FAULT_SENDER, f"WS-Addressing Action {soap.action!r} is not supported at this "
+                                f"endpoint; supported: {ACTION_ITI41}, {ACTION_ITI43}", WSA_ACTION_NOT_SUPPORTED)
         except SoapFault as fault:
             return _fault(fault, relates_to)
         except MTOMError as exc:
@@ -184,16 +186,18 @@ class RepositoryEndpoint:
             if soap is not None:
                 for sink in soap.attachments.values():
                     sink.discard()
+        # Once the answer has begun there is no fault to send: a failure breaks the connection,
+        # so the consumer sees a truncated message, never a complete-looking wrong document.
+        assert answer is not None  # every other path returned above
+        try:
+            return await send_mtom_response(request, answer)
+        except OSError as exc:
+            log.warning("ITI-43 answer interrupted: %s", exc)
+            raise
 
 
 def _fault(fault: SoapFault, relates_to: str | None, status: int | None = None) -> web.Response:
     return soap_response(build_fault(fault, relates_to=relates_to), status=status or fault.http_status)
-
-
-async def stream_mtom(request: web.Request, envelope: bytes, attachments: list[Attachment],
-                      action: str) -> web.StreamResponse:
-    """Send ``envelope`` and ``attachments`` as MTOM (blob files go out with sendfile)."""
-    return await send_mtom_response(request, build_mtom(envelope, attachments, action=action))
 
 
 def build_app(repo: Repository) -> web.Application:

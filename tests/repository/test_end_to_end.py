@@ -405,3 +405,24 @@ async def test_soap_faults_for_what_is_not_a_valid_request(network):
 
     status, envelope = await post(repo.url, WireMessage("application/soap+xml", b"<not-xml"))
     assert status == 400 and "malformed XML" in fault_reason(envelope)
+
+
+async def test_lost_or_damaged_blobs_are_never_served_as_documents(network, client):
+    from consumer.client import TransportError
+
+    repo = network.repository
+    pid = await new_patient(network.database_url)
+    contents = [os.urandom(30_000), os.urandom(40_000)]
+    built = provide_and_register_request(pid, documents=2, contents=contents)
+    _, envelope = await post(repo.url, mtom_request(built))
+    assert registry_response(envelope) == (SUCCESS, [])
+    lost, damaged = (next((repo.storage_dir / "objects").rglob(sha256(c))) for c in contents)
+
+    lost.unlink()
+    got = await retrieve_all(client, network, built.document_unique_ids)
+    assert got.status == PARTIAL and [d.data for d in got.documents] == [contents[1]]
+    assert [(e.code, e.location) for e in got.errors] == [("XDSRepositoryError", built.document_unique_ids[0])]
+
+    damaged.write_bytes(contents[1][:1000])  # shorter than recorded: the answer must break, not lie
+    with pytest.raises(TransportError):
+        await retrieve_all(client, network, built.document_unique_ids[1:])
