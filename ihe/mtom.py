@@ -8,8 +8,11 @@ Three layers, all shared by every actor:
 * :func:`unpack_mtom_bytes` (whole message in memory, for small SOAP requests such as ITI-42
   and ITI-18) and :func:`read_mtom_stream` (asynchronous, attachments handed chunk by chunk
   to sinks the caller provides, e.g. temporary files, for documents of gigabytes).
+  :class:`HashingFileWriter` is the sink side for files (hash while writing, big streams on a
+  thread); :func:`body_chunks` feeds an aiohttp body without extra copies.
 * :func:`build_mtom` writes an MTOM message whose attachments are streamed from bytes or files
-  with a known Content-Length, for ITI-41 requests and ITI-43/RAD-69 responses.
+  with a known Content-Length, for ITI-41 requests and ITI-43/RAD-69 responses;
+  :func:`send_mtom_response` sends one as an aiohttp answer, files with sendfile(2).
 
 Content-IDs are handled in their bare form (no angle brackets). ``xop:Include/@href`` is a
 ``cid:`` URL (RFC 2392) and so percent-encoded; :func:`cid_from_href` decodes it and
