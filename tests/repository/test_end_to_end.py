@@ -426,3 +426,30 @@ async def test_lost_or_damaged_blobs_are_never_served_as_documents(network, clie
     damaged.write_bytes(contents[1][:1000])  # shorter than recorded: the answer must break, not lie
     with pytest.raises(TransportError):
         await retrieve_all(client, network, built.document_unique_ids[1:])
+
+
+async def test_two_hospitals_side_by_side(network, client, tmp_path):
+    from tests.repository.conftest import start_repository_process
+
+    first = network.repository
+    second = start_repository_process(network.database_url, network.registry.url, tmp_path / "second")
+    try:
+        pid = await new_patient(network.database_url)
+        built = [provide_and_register_request(pid, contents=[f"report of hospital {i}".encode()]) for i in (1, 2)]
+        for repo, b in zip((first, second), built, strict=True):
+            _, envelope = await post(repo.url, mtom_request(b))
+            assert registry_response(envelope) == (SUCCESS, [])
+        registered = await get_documents(client, network.registry.url,
+                                         [b.document_unique_id for b in built])
+        assert {e.unique_id: e.repository_unique_id for e in registered} == {
+            built[0].document_unique_id: first.repository_unique_id,
+            built[1].document_unique_id: second.repository_unique_id}
+        got = await retrieve_document_set(client, second.url, [
+            DocumentRequest(second.repository_unique_id, built[1].document_unique_id),
+            DocumentRequest(first.repository_unique_id, built[0].document_unique_id),
+            DocumentRequest(second.repository_unique_id, built[0].document_unique_id)])
+        assert got.status == PARTIAL and [d.data for d in got.documents] == [b"report of hospital 2"]
+        assert [e.code for e in got.errors] == ["XDSUnknownRepositoryId", "XDSDocumentUniqueIdError"]
+        assert sha256(b"report of hospital 2") not in blobs(first.storage_dir)
+    finally:
+        second.stop()
