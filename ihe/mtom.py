@@ -784,31 +784,41 @@ async def send_mtom_response(request: Any, package: MTOMPackage, *, status: int 
     response.content_length = package.content_length
     await response.prepare(request)
     loop = asyncio.get_running_loop()
+    sendfile_ok = True
     for segment in package.segments:
         if isinstance(segment, bytes):
             await response.write(segment)
         elif segment.data is not None:
             await response.write(segment.data)
-        elif segment.path is not None and segment.opener is None:
+        elif segment.path is not None and segment.opener is None and sendfile_ok:
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("the client went away")
             size = segment.length()
             with open(segment.path, "rb") as fh:
-                sent = await loop.sendfile(transport, fh, 0, size)
+                try:
+                    sent = await loop.sendfile(transport, fh, 0, size)
+                except NotImplementedError:  # an event loop without sendfile (e.g. uvloop)
+                    sendfile_ok = False
+                    await _write_file(response, segment)
+                    sent = size
             if sent != size:
                 raise OSError(f"attachment <{segment.content_id}> ({segment.path}) is shorter than its size")
         else:
-            remaining = segment.length()
-            with segment.open() as fh:
-                while remaining > 0:
-                    block = fh.read(min(1024 * 1024, remaining))
-                    if not block:
-                        raise OSError(f"attachment <{segment.content_id}> is shorter than its size")
-                    remaining -= len(block)
-                    await response.write(block)
+            await _write_file(response, segment)
     await response.write_eof()
     return response
+
+
+async def _write_file(response: Any, segment: Attachment) -> None:
+    remaining = segment.length()
+    with segment.open() as fh:
+        while remaining > 0:
+            block = fh.read(min(1024 * 1024, remaining))
+            if not block:
+                raise OSError(f"attachment <{segment.content_id}> is shorter than its size")
+            remaining -= len(block)
+            await response.write(block)
 
 
 async def body_chunks(stream: Any) -> AsyncIterator[bytes]:

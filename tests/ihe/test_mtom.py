@@ -395,6 +395,16 @@ def test_hashing_file_writer_reports_a_failure_of_its_thread(tmp_path):
 
 
 async def test_send_mtom_response_streams_files_with_sendfile(tmp_path):
+    await _serve_and_fetch(tmp_path)
+
+
+def test_send_mtom_response_on_uvloop_which_has_no_sendfile(tmp_path):
+    import uvloop
+
+    uvloop.run(_serve_and_fetch(tmp_path))
+
+
+async def _serve_and_fetch(tmp_path):
     import aiohttp
     from aiohttp import web
 
