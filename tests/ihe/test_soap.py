@@ -85,3 +85,12 @@ def test_fault_round_trips_code_subcode_and_reason():
     assert parsed.code == FAULT_SENDER
     assert parsed.reason == fault.reason
     assert parsed.subcode == "wsa:MessageAddressingHeaderRequired"
+
+
+def test_header_values_are_escaped():
+    root = parse_xml(build_envelope_bytes("urn:a&b<c>", b"<x/>", relates_to="urn:uuid:1&2", to="http://h/?a=1&b=2"))
+    header = root.find(qn(SOAP12, "Header"))
+    assert header.findtext(qn(WSA, "Action")) == "urn:a&b<c>"
+    assert header.findtext(qn(WSA, "RelatesTo")) == "urn:uuid:1&2"
+    assert header.findtext(qn(WSA, "To")) == "http://h/?a=1&b=2"
+    assert header.find(qn(WSA, "MessageID")).text.startswith("urn:uuid:")
