@@ -66,36 +66,3 @@ async def closed_loop(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return LoadResult(len(latencies), failures, time.perf_counter() - start, latencies)
 
-
-class KeepAliveClient:
-    """A minimal HTTP/1.1 keep-alive client for latency measurements.
-
-    Written here (not aiohttp's client) so that a latency figure is the server's: aiohttp's client
-    adds 0.1 to 1 ms of its own per request on this machine, as much as the query being measured.
-    It understands only what our servers answer: Content-Length bodies.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def __aenter__(self) -> KeepAliveClient:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            await self.writer.wait_closed()
-
-    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
-        assert self.reader is not None and self.writer is not None
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
-        self.writer.write(head + body)
-        response_head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = response_head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:"))
-        return status, await self.reader.readexactly(length)
