@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from lxml import etree
@@ -141,3 +142,17 @@ def soap_response(payload: bytes, *, status: int = 200, action: str | None = Non
     if action:
         content_type += f'; action="{action}"'
     return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+
+
+def database_health(pool: Any, **extra: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A ``/health`` handler: 200 with ``{"status": "ok", **extra}`` when the database answers, else 503."""
+
+    async def health(request: web.Request) -> web.Response:
+        try:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as exc:  # report, do not raise: this is the health probe
+            return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
+        return web.json_response({"status": "ok", **extra})
+
+    return health

@@ -11,6 +11,7 @@ from datetime import datetime
 from aiohttp import web
 
 from ihe.database import create_pool
+from ihe.http import database_health
 from imaging_source import rad69, store, wado_rs, wado_uri
 from imaging_source.context import ImagingSource
 from imaging_source.settings import ImagingSourceSettings
@@ -62,16 +63,8 @@ def build_app(source: ImagingSource) -> web.Application:
             return web.json_response([_json_safe(r) for r in rows])
         return web.Response(text=render_status_html(rows), content_type="text/html")
 
-    async def health(request: web.Request) -> web.Response:
-        try:
-            async with source.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-        except Exception as exc:  # report, do not raise: this is the health probe
-            return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
-        return web.json_response({"status": "ok"})
-
     app.router.add_get("/status", status)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", database_health(source.pool))
     return app
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from ihe.files import fsync_dir
+
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -85,7 +87,7 @@ class FileStorage:
                 raise
             # The rename is durable once its directory is; new directories need their parents' entries too.
             for d in [target.parent, *created_dirs]:
-                _fsync_dir(d)
+                fsync_dir(d)
         except OSError as exc:
             raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
         return len(data)
@@ -123,11 +125,3 @@ def _missing_parents(folder: Path, root: Path) -> list[Path]:
         missing.append(folder.parent)
         folder = folder.parent
     return missing
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

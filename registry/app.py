@@ -16,7 +16,7 @@ import asyncpg
 from aiohttp import web
 
 from ihe.database import create_pool
-from ihe.http import SoapService
+from ihe.http import SoapService, database_health
 from ihe.namespaces import ACTION_ITI18, ACTION_ITI42
 from registry.settings import RegistrySettings
 from schemas import migrate
@@ -65,7 +65,7 @@ def build_app(registry: Registry) -> web.Application:
     app = web.Application(client_max_size=registry.settings.max_body_bytes)
     app.router.add_post(REGISTRY_PATH, service.handle)
     app.router.add_get(REGISTRY_PATH, _wsdl_or_info)
-    app.router.add_get("/health", _health(registry))
+    app.router.add_get("/health", database_health(registry.pool))
     return app
 
 
@@ -76,18 +76,6 @@ async def _wsdl_or_info(request: web.Request) -> web.StreamResponse:
         base = f"{request.scheme}://{request.host}{REGISTRY_PATH}"
         return web.Response(body=registry_wsdl(base), content_type="text/xml")
     return web.Response(text="XDS.b Document Registry: POST SOAP 1.2 ITI-42 and ITI-18 here; ?wsdl for the WSDL\n")
-
-
-def _health(registry: Registry):
-    async def health(request: web.Request) -> web.Response:
-        try:
-            async with registry.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-        except Exception as exc:  # report, do not raise: this is the health probe
-            return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
-        return web.json_response({"status": "ok"})
-
-    return health
 
 
 async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: bool = True) -> None:

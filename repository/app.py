@@ -20,7 +20,7 @@ from aiohttp import web
 
 from consumer.client.soap import SoapClient
 from ihe.database import create_pool
-from ihe.http import soap_response, unpack_soap_body
+from ihe.http import database_health, soap_response, unpack_soap_body
 from ihe.mtom import (
     MTOMError,
     MTOMPackage,
@@ -204,7 +204,7 @@ def build_app(repo: Repository) -> web.Application:
     app = web.Application()
     app.router.add_post(REPOSITORY_PATH, RepositoryEndpoint(repo))
     app.router.add_get(REPOSITORY_PATH, _info(repo))
-    app.router.add_get("/health", _health(repo))
+    app.router.add_get("/health", database_health(repo.pool, repositoryUniqueId=repo.settings.repository_unique_id))
     return app
 
 
@@ -214,18 +214,6 @@ def _info(repo: Repository):
                                  "ITI-41 (MTOM or inline) and ITI-43 here\n")
 
     return info
-
-
-def _health(repo: Repository):
-    async def health(request: web.Request) -> web.Response:
-        try:
-            async with repo.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-        except Exception as exc:  # report, do not raise: this is the health probe
-            return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
-        return web.json_response({"status": "ok", "repositoryUniqueId": repo.settings.repository_unique_id})
-
-    return health
 
 
 async def serve(settings: RepositorySettings, database_url: str, ready: asyncio.Event | None = None) -> None:

@@ -55,9 +55,6 @@ T_SLOT = qn(RIM, "Slot")
 T_VALUE_LIST = qn(RIM, "ValueList")
 T_VALUE = qn(RIM, "Value")
 
-# Not (yet) in ihe.errors.ErrorCode; both are in ITI TF-3 Table 4.2.4.1-2 for ITI-41.
-REGISTRY_NOT_AVAILABLE = "XDSRegistryNotAvailable"
-REPOSITORY_DUPLICATE_UNIQUE_ID = "XDSRepositoryDuplicateUniqueIdInMessage"
 
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -126,7 +123,7 @@ def prepare_registration(
                 errors.append(error(ErrorCode.REPOSITORY_METADATA_ERROR,
                                     f"{label}: uniqueId '{entry.unique_id}' {problem}", entry.entry_uuid))
             elif entry.unique_id in seen_unique_ids:
-                errors.append(error(REPOSITORY_DUPLICATE_UNIQUE_ID,
+                errors.append(error(ErrorCode.REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE,
                                     f"{label}: uniqueId {entry.unique_id} is also the uniqueId of DocumentEntry "
                                     f"{seen_unique_ids[entry.unique_id]} in this request", entry.entry_uuid))
             seen_unique_ids.setdefault(entry.unique_id, entry.entry_uuid)
@@ -273,11 +270,12 @@ async def store_and_register(repo: Repository, sor_xml: bytes, documents: list[S
                 # The registry may have registered: the journal entry stays for recovery to settle.
                 log.warning("ITI-42 outcome unknown for submission %s (%s); recovery will settle it", submission, exc)
                 return build_registry_response([error(
-                    REGISTRY_NOT_AVAILABLE,
+                    ErrorCode.REGISTRY_NOT_AVAILABLE,
                     f"the registry did not answer ({exc}); whether the documents were registered is being checked; "
                     "query the registry before resubmitting")])
             log.warning("registry unreachable for submission %s: %s", submission, exc)
-            response = build_registry_response([error(REGISTRY_NOT_AVAILABLE, f"the registry is unreachable: {exc}")])
+            response = build_registry_response(
+                [error(ErrorCode.REGISTRY_NOT_AVAILABLE, f"the registry is unreachable: {exc}")])
         except SoapFaultError as exc:
             response = build_registry_response([error(
                 ErrorCode.REGISTRY_ERROR, f"the registry answered ITI-42 with a SOAP Fault ({exc.fault.code}): "

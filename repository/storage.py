@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from ihe.files import fsync_dir
 from ihe.mtom import Attachment, HashingFileWriter
 
 
@@ -192,7 +193,7 @@ class FileSystemStore:
         os.replace(upload.path, final)
         upload.placed = True
         if self.durable:
-            await asyncio.to_thread(_fsync_dir, final.parent)
+            await asyncio.to_thread(fsync_dir, final.parent)
         return info
 
     async def remove(self, key: str) -> None:
@@ -205,11 +206,3 @@ class FileSystemStore:
 
     def attachment(self, key: str, *, content_id: str, content_type: str, size: int) -> Attachment:
         return Attachment(content_id=content_id, content_type=content_type, path=self.path_of(key), size=size)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
