@@ -30,7 +30,6 @@ from ihe.xml import parse_xml
 # Advisory lock of patient identity: feeds and merges take it exclusively (transaction scope);
 # ITI-42 takes it shared around its patient id check and commit, so no merge slips in between.
 IDENTITY_LOCK_KEY = 0x584453_5049  # "XDS" "PI"
-_IDENTITY_LOCK_KEY = IDENTITY_LOCK_KEY  # the name registry.register imports
 
 
 class PatientIdState(StrEnum):

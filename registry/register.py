@@ -55,7 +55,7 @@ from ihe.namespaces import ACTION_ITI42_RESPONSE, LCM, RIM, qn
 from ihe.soap import FAULT_SENDER, SoapFault, SoapRequest
 from ihe.xml import parse_xml
 from registry import store
-from registry.patients import _IDENTITY_LOCK_KEY, PatientIdState, xds_patient_id_state
+from registry.patients import IDENTITY_LOCK_KEY, PatientIdState, xds_patient_id_state
 from registry.store import KIND_DOCUMENT_ENTRY, KIND_FOLDER, StoredObject, UniqueIdClaim
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # One round trip opens the transaction and takes the identity lock in shared mode: patient
 # merges and feeds (registry.patients) take it exclusively, so a patient cannot be merged away
 # between our check of its id and our commit (its documents would stay under the retired id).
-_BEGIN = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock_shared({_IDENTITY_LOCK_KEY})"
+_BEGIN = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock_shared({IDENTITY_LOCK_KEY})"
 
 
 # --- pure steps ----------------------------------------------------------------------------------
