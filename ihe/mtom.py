@@ -169,7 +169,10 @@ class MultipartParser:
                  max_parts: int = DEFAULT_MAX_PARTS) -> None:
         if not boundary or len(boundary) > 200:
             raise MTOMError("the multipart boundary parameter is missing or longer than 200 characters")
-        self._delimiter = b"\n--" + boundary.encode("latin-1")
+        try:
+            self._delimiter = b"\n--" + boundary.encode("latin-1")
+        except UnicodeEncodeError:  # a header is text, the body bytes: such a boundary can match nothing
+            raise MTOMError(f"the multipart boundary {boundary!r} has characters that are not ISO-8859-1") from None
         self._buf = bytearray(b"\n")  # the first delimiter may open the body without a line end
         self._state = _PREAMBLE
         self._max_header_bytes = max_header_bytes
@@ -728,6 +731,20 @@ class MTOMPackage:
         return b"".join(self.iter_chunks())
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_header_value(value: str, forbidden: str = "") -> None:
+    """Refuse a value that would break out of its MIME header (CR/LF) or of its quotes or brackets.
+
+    Attachment content types come from document metadata a source sent: a mimeType with a line
+    break must never add headers or parts to an answer another consumer reads.
+    """
+    if _CONTROL.search(value) or any(c in value for c in forbidden):
+        raise ValueError(f"{value!r} cannot be written into a MIME header (control character or one of "
+                         f"{forbidden!r})")
+
+
 def build_mtom(
     root_xml: bytes,
     attachments: Sequence[Attachment] = (),
@@ -744,6 +761,12 @@ def build_mtom(
     """
     boundary = boundary or f"MIMEBoundary_{uuid.uuid4().hex}"
     root_cid = root_content_id or new_content_id()
+    for quoted in (boundary, action or ""):
+        _check_header_value(quoted, '"')
+    for att in attachments:
+        _check_header_value(att.content_id, "<>")
+        _check_header_value(att.content_type)
+    _check_header_value(root_cid, "<>")
     action_param = f'; action="{action}"' if action else ""
     content_type = (
         f'multipart/related; boundary="{boundary}"; type="application/xop+xml"; start="<{root_cid}>"; '

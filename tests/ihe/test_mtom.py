@@ -246,6 +246,22 @@ def test_malformed_messages_are_refused_with_a_reason(content_type, body, messag
         unpack_mtom_bytes(content_type, body)
 
 
+def test_a_boundary_that_cannot_be_in_the_body_is_refused():
+    with pytest.raises(MTOMError, match="ISO-8859-1"):
+        unpack_mtom_bytes('multipart/related; boundary="a\u20acb"', "--a\u20acb\r\n\r\n<a/>\r\n--a\u20acb--".encode())
+
+
+def test_percent_encoded_content_id_header_is_found_by_its_href():
+    # Some sources put the href's encoded form in the Content-ID header too.
+    body = _multipart([({"Content-ID": "<r@x>"}, _envelope_with_include("cid:doc%2F1@x")),
+                       ({"Content-ID": "<doc%2F1@x>"}, b"data")], "bb")
+    root_xml, attachments = unpack_mtom_bytes("multipart/related; boundary=bb", body)
+    assert attachments == {"doc%2F1@x": b"data"}
+    assert base64.b64decode(_included_text(root_xml)) == b"data"
+    with pytest.raises(KeyError):
+        mtom.lookup_attachment(attachments, "cid:other@x")
+
+
 def test_include_of_a_missing_part_is_refused():
     body = _multipart([({"Content-ID": "<r@x>"}, _envelope_with_include("cid:missing@x")),
                        ({"Content-ID": "<other@x>"}, b"data")], "bb")
@@ -337,6 +353,20 @@ def test_build_round_trip_with_bytes_and_file(tmp_path):
     assert b"".join(parts[0].chunks) == envelope
     assert [(p.content_id, p.headers["content-type"], b"".join(p.chunks)) for p in parts[1:]] == [
         ("a@x", "text/plain", b"small"), ("b@x", "application/dicom", BINARY * 100)]
+
+
+@pytest.mark.parametrize(
+    ("attachment", "kwargs"),
+    [
+        (Attachment("a@x", "text/plain\r\nX-Injected: 1", data=b"x"), {}),  # a mimeType from metadata
+        (Attachment("a@x>\r\n\r\n--b", data=b"x"), {}),
+        (Attachment("a@x", data=b"x"), {"action": 'urn:a"; start="<evil>'}),
+        (Attachment("a@x", data=b"x"), {"boundary": "b\r\n"}),
+    ],
+)
+def test_build_refuses_values_that_would_break_the_mime_framing(attachment, kwargs):
+    with pytest.raises(ValueError, match="cannot be written into a MIME header"):
+        build_mtom(b"<a/>", [attachment], **kwargs)
 
 
 def test_build_refuses_a_file_shorter_than_announced(tmp_path):
