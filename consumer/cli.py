@@ -130,6 +130,9 @@ def _submit(args: argparse.Namespace) -> int:
     except (TransportError, SoapFaultError) as exc:
         print(f"xds-consumer submit: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or folder of ours (unreadable, not writable, disk full)
+        print(f"xds-consumer submit: {exc}", file=sys.stderr)
+        return 1
     print(f"status: {result.status.rsplit(':', 1)[-1]}")
     print(f"submission set uniqueId: {package.submission_set.unique_id}")
     for entry, f in zip(entries, args.files, strict=True):
@@ -173,6 +176,9 @@ def _retrieve(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(run())
     except (TransportError, SoapFaultError) as exc:
+        print(f"xds-consumer retrieve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or folder of ours (unreadable, not writable, disk full)
         print(f"xds-consumer retrieve: {exc}", file=sys.stderr)
         return 1
     print(f"status: {result.status.rsplit(':', 1)[-1]}")

@@ -70,6 +70,11 @@ async def test_failures_exit_non_zero_with_the_ihe_error(network, tmp_path):
                "--repository", repo.url)
     assert done.returncode == 2 and "code^codingScheme" in done.stderr
 
+    (tmp_path / "not-a-folder").write_text("")
+    done = run("retrieve", "--repository", repo.url, "--repository-id", repo.repository_unique_id, "1.2.3.999",
+               "--output-dir", str(tmp_path / "not-a-folder" / "out"))
+    assert done.returncode == 1 and "Not a directory" in done.stderr and "Traceback" not in done.stderr
+
 
 def test_help_of_both_commands():
     for module, words in (("consumer.cli", ("submit", "retrieve")), ("repository.cli", ("--repository-unique-id",
