@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from imaging_source.ingest import PATIENT_STUDY_KEYWORDS
 
@@ -65,6 +66,27 @@ def header_from_json(header_json: dict) -> Dataset:
     return Dataset.from_json(header_json)
 
 
+def _conformant(keyword: str, value: object) -> object:
+    """``value`` when highdicom will accept it, else empty (type 2).
+
+    Modalities do send a Patient Sex of "X" or a two-digit Study Time; highdicom refuses such values
+    outright, and one refused study must not stop its manifest. The original values are copied into
+    the KOS afterwards, unchanged, as XDS-I.b asks.
+    """
+    if value in (None, ""):
+        return ""
+    try:
+        if keyword == "PatientSex":
+            return value if str(value) in ("M", "F", "O") else ""
+        if keyword in ("StudyDate", "PatientBirthDate"):
+            DA(str(value))
+        elif keyword == "StudyTime":
+            TM(str(value))
+    except ValueError:
+        return ""
+    return value
+
+
 def _evidence(header: Dataset, instances: Sequence[ReferencedInstance]) -> list[Dataset]:
     study_uid = header.StudyInstanceUID
     evidence = []
@@ -72,7 +94,7 @@ def _evidence(header: Dataset, instances: Sequence[ReferencedInstance]) -> list[
         ds = Dataset()
         if n == 0:
             for keyword in _EVIDENCE_REQUIRED:
-                setattr(ds, keyword, header.get(keyword, ""))
+                setattr(ds, keyword, _conformant(keyword, header.get(keyword, "")))
             if "SpecificCharacterSet" in header:
                 ds.SpecificCharacterSet = header.SpecificCharacterSet
         ds.StudyInstanceUID = study_uid

@@ -89,3 +89,18 @@ def test_service_start_time_without_time():
     assert service_start_time(header) == "20240229"
     header.StudyDate = "garbage"
     assert service_start_time(header) is None
+
+
+def test_non_conformant_header_values_still_give_a_manifest_and_are_copied_unchanged(samples, tmp_path):
+    """Modalities send values highdicom refuses (Patient Sex "X", a two-digit Study Time): the manifest is
+    still built, and carries them as received."""
+    ds, ts = read_header(samples["CT"].read_bytes())
+    ds.PatientSex, ds.StudyTime, ds.PatientBirthDate = "X", "99", "1970"
+    header = header_from_json(describe(ds, ts, issuer_oid="1.2.826.0.1.99").header)
+    manifest = build_manifest(header, [ReferencedInstance("1.2.3.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.1.1")],
+                              RETRIEVE)
+    (tmp_path / "kos.dcm").write_bytes(manifest.encoded)
+    kos = pydicom.dcmread(tmp_path / "kos.dcm")
+    assert (kos.PatientSex, kos.StudyTime, kos.PatientBirthDate) == ("X", "99", "1970")
+    assert kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].RetrieveURL == \
+        RETRIEVE.wado_rs_url
