@@ -130,6 +130,15 @@ async def mark_waiting_patient(conn: asyncpg.Connection, study_uid: str, error: 
     )
 
 
+async def mark_study_failed(conn: asyncpg.Connection, study_uid: str, error: str, delay: float) -> None:
+    """The study's manifest could not be built: listed as failed, tried again after ``delay`` seconds."""
+    await conn.execute(
+        "UPDATE imaging_study SET state = 'failed', attempts = attempts + 1, last_error = $2,"
+        " next_attempt_at = clock_timestamp() + make_interval(secs => $3) WHERE study_uid = $1",
+        study_uid, error, delay,
+    )
+
+
 async def latest_published_manifest(conn: asyncpg.Connection, study_uid: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT * FROM imaging_manifest WHERE study_uid = $1 AND state = 'published'"

@@ -81,8 +81,16 @@ class Tracker:
     async def run_once(self) -> None:
         async with self.source.pool.acquire() as conn:
             studies = await store.complete_studies(conn, self.settings.quiet_period)
+        # One study or manifest that fails unexpectedly must neither block the others nor fail unseen:
+        # it is recorded (listed with its error) and retried with back-off like any other failure.
         for study in studies:
-            await self.complete_study(study)
+            try:
+                await self.complete_study(study)
+            except Exception as exc:
+                log.exception("study %s: the manifest could not be built", study["study_uid"])
+                async with self.source.pool.acquire() as conn:
+                    await store.mark_study_failed(conn, study["study_uid"], f"the manifest could not be built: "
+                                                  f"{type(exc).__name__}: {exc}", self._delay(study["attempts"] + 1))
         async with self.source.pool.acquire() as conn:
             manifests = await store.due_manifests(conn)
         for manifest in manifests:
@@ -165,7 +173,10 @@ class Tracker:
         uid = manifest["document_unique_id"]
         try:
             await self._send(manifest)
-        except (PublishError, StorageError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, PublishError | StorageError):
+                log.exception("manifest %s: unexpected failure", uid)
+                exc = PublishError(f"internal error: {type(exc).__name__}: {exc}")
             delay = self._delay(manifest["attempts"] + 1)
             async with self.source.pool.acquire() as conn:
                 await store.manifest_failed(conn, uid, str(exc), delay)
