@@ -41,9 +41,13 @@ def _doc(row: asyncpg.Record) -> StoredDocument:
     return StoredDocument(row["document_unique_id"], row["content_key"], row["sha1"], row["size"], row["mime_type"])
 
 
-async def journal_submission(pool: asyncpg.Pool, repository_id: str, documents: Sequence[StoredDocument]) -> uuid.UUID:
-    """Record a submission before its blobs are placed; returns its journal id (one statement)."""
-    submission = uuid.uuid4()
+async def journal_submission(pool: asyncpg.Pool, repository_id: str, documents: Sequence[StoredDocument],
+                             submission: uuid.UUID | None = None) -> uuid.UUID:
+    """Record a submission before its blobs are placed; returns its journal id (one statement).
+
+    The caller may choose the id, to mark it as its own before the row becomes visible.
+    """
+    submission = submission or uuid.uuid4()
     async with pool.acquire() as conn:
         await conn.execute(
             "WITH s AS (INSERT INTO repository_submission (id, repository_unique_id) VALUES ($1, $2))"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -255,8 +256,15 @@ async def store_and_register(repo: Repository, sor_xml: bytes, documents: list[S
                              uploads: Mapping[str, Upload]) -> etree._Element:
     """Journal, place, register (ITI-42), then commit or undo; see schemas/repository/001."""
     pool, store, repo_id = repo.pool, repo.store, repo.settings.repository_unique_id
-    submission = await catalog.journal_submission(pool, repo_id, documents)
+    # In flight before the journal row exists: the recovery loop, which may read the journal at
+    # any moment, must never take this submission for one abandoned by a crash and settle it.
+    submission = uuid.uuid4()
     repo.in_flight.add(submission)
+    try:
+        await catalog.journal_submission(pool, repo_id, documents, submission)
+    except BaseException:
+        repo.in_flight.discard(submission)
+        raise
     phase = "placing"  # -> registering -> accepted | rejected -> settled
     try:
         for key, upload in uploads.items():

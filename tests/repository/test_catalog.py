@@ -105,3 +105,39 @@ async def test_repository_ids_are_claimed_once(registry_database_url):
     again = await catalog.claim_repository_id(registry_database_url, rid)
     assert again is not None
     await again.close()
+
+
+async def test_recovery_never_settles_a_submission_this_process_is_working_on(pool, store, monkeypatch):
+    """The recovery loop may read the journal right after a row is written, before the ITI-41
+    handler resumes: the submission must already be known as in flight then."""
+    from consumer.client import SoapClient
+    from repository.app import Repository
+    from repository.provide_and_register import store_and_register
+    from repository.recovery import settle_pending
+    from repository.settings import RepositorySettings
+    from tests.conftest import free_port
+
+    settings = RepositorySettings(repository_unique_id=repo_id(),
+                                  registry_url=f"http://127.0.0.1:{free_port()}/registry")
+    async with SoapClient(timeout=5) as client:
+        repo = Repository(settings=settings, pool=pool, store=store, soap_client=client)
+        rounds = []
+        journal = catalog.journal_submission
+
+        async def journal_then_recovery_round(*args, **kwargs):
+            submission = await journal(*args, **kwargs)
+            rounds.append(await settle_pending(repo))  # as if the recovery loop ran just now
+            return submission
+
+        monkeypatch.setattr(catalog, "journal_submission", journal_then_recovery_round)
+        upload = store.new_upload()
+        upload.write(b"in flight")
+        upload.finish()
+        doc = StoredDocument(f"2.25.{uuid.uuid4().int}", upload.info.key, upload.info.sha1, upload.info.size,
+                             "text/plain")
+        response = await store_and_register(repo, b"<unused/>", [doc], {doc.key: upload})
+
+    assert rounds == [(0, 0)], "the recovery round took up the submission being registered"
+    assert response.get("status").endswith(":Failure")  # the registry is down: refused and undone
+    assert await catalog.pending_submissions(pool, settings.repository_unique_id) == []
+    assert not store.exists(doc.key) and repo.in_flight == set()
