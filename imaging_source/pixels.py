@@ -21,6 +21,7 @@ EXPLICIT_LE = str(ExplicitVRLittleEndian)
 IMPLICIT_LE = str(ImplicitVRLittleEndian)
 UNCOMPRESSED_TARGETS = frozenset({EXPLICIT_LE, IMPLICIT_LE})
 RENDERED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG"}
+MAX_RENDERED_SIDE = 8192  # a larger viewport would only make the server allocate gigabytes on request
 
 
 class PixelError(Exception):
@@ -84,6 +85,9 @@ def render(data: bytes, frame: int, options: RenderOptions) -> bytes:
     fmt = RENDERED_TYPES.get(options.media_type)
     if fmt is None:
         raise PixelError(f"cannot render as {options.media_type}: supported are {', '.join(RENDERED_TYPES)}")
+    for side in (options.rows, options.columns):
+        if side is not None and not 1 <= side <= MAX_RENDERED_SIDE:
+            raise PixelError(f"rendered rows and columns must be between 1 and {MAX_RENDERED_SIDE}, not {side}")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:
@@ -105,7 +109,7 @@ def render(data: bytes, frame: int, options: RenderOptions) -> bytes:
     if options.rows or options.columns:
         rows = options.rows or round(image.height * options.columns / image.width)
         columns = options.columns or round(image.width * options.rows / image.height)
-        image = image.resize((max(1, columns), max(1, rows)))
+        image = image.resize((min(MAX_RENDERED_SIDE, max(1, columns)), min(MAX_RENDERED_SIDE, max(1, rows))))
     buffer = io.BytesIO()
     if fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=max(1, min(100, options.quality)))

@@ -224,10 +224,11 @@ def _render_options(request: web.Request, media: str) -> RenderOptions:
             parts = q["window"].split(",")
             center, width = float(parts[0]), float(parts[1])
         if "viewport" in q:
+            # PS3.18 8.3.5.1.3: viewport=vw,vh[,sx,sy,sw,sh], width first.
             parts = q["viewport"].split(",")
-            rows, columns = int(parts[0]), int(parts[1])
+            columns, rows = int(parts[0]), int(parts[1])
     except (ValueError, IndexError):
-        raise web.HTTPBadRequest(text="quality, window (center,width[,function]) or viewport (rows,columns) "
+        raise web.HTTPBadRequest(text="quality, window (center,width[,function]) or viewport (width,height) "
                                  "is malformed") from None
     return RenderOptions(media, quality, center, width, rows, columns)
 

@@ -197,3 +197,17 @@ def test_wado_uri_refusals(imaging_source, stored_samples):
     assert status == 406
     status, _, body = _get(_wado_uri(imaging_source, original, frameNumber="7"))
     assert status == 400 and b"frame 7" in body
+
+
+def test_rendered_viewport_is_width_then_height_and_bounded(imaging_source, stored_samples):
+    original = pydicom.dcmread(stored_samples["CT"])
+    url = (f"{imaging_source.url}/dicomweb/studies/{original.StudyInstanceUID}/series/"
+           f"{original.SeriesInstanceUID}/instances/{original.SOPInstanceUID}/rendered")
+    status, _, body = _get(f"{url}?viewport=64,32", "image/png")
+    assert status == 200 and Image.open(io.BytesIO(body)).size == (64, 32)  # PIL: (width, height)
+    status, _, body = _get(f"{url}?viewport=100000,100000", "image/png")
+    assert status == 400 and b"between 1 and" in body
+    status, _, body = _get(_wado_uri(imaging_source, original, rows="100000"))
+    assert status == 400 and b"between 1 and" in body
+    status, _, body = _get(_wado_uri(imaging_source, original, rows="32", columns="64"))
+    assert status == 200 and Image.open(io.BytesIO(body)).size == (64, 32)
