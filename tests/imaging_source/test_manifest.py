@@ -104,3 +104,26 @@ def test_non_conformant_header_values_still_give_a_manifest_and_are_copied_uncha
     assert (kos.PatientSex, kos.StudyTime, kos.PatientBirthDate) == ("X", "99", "1970")
     assert kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].RetrieveURL == \
         RETRIEVE.wado_rs_url
+
+
+def test_accession_reference_id_takes_the_issuer_from_the_header_first(samples):
+    """CXi: accession^^^&issuer&ISO^urn:ihe:iti:xds:2013:accession; Issuer of Accession Number beats the setting,
+    and with neither the assigning authority is left empty rather than invented."""
+    header = _study_header(samples)
+    issuer = Dataset()
+    issuer.UniversalEntityID, issuer.UniversalEntityIDType = "1.2.826.0.1.77", "ISO"
+    header.IssuerOfAccessionNumberSequence = [issuer]
+    document = ManifestDocument("1.2.3.9", "urn:uuid:00000000-0000-4000-8000-000000000002", "ab" * 20, 1)
+    kwargs = dict(patient_id=Identifiable("9990001112", "2.16.840.1.1"),
+                  source_patient_id=Identifiable("1CT1", "1.2.826.0.1.99"), source_id="1.2.3.4", codes=CODES)
+    package = manifest_submission(header, [], document, accession_issuer_oid="1.2.826.0.1.98", **kwargs)
+    assert package.documents[0].reference_ids[0].value == \
+        "ACC-42^^^&1.2.826.0.1.77&ISO^urn:ihe:iti:xds:2013:accession"
+    del header.IssuerOfAccessionNumberSequence
+    package = manifest_submission(header, [], document, **kwargs)
+    assert package.documents[0].reference_ids[0].value == "ACC-42^^^^urn:ihe:iti:xds:2013:accession"
+    assert not [a for a in package.associations if a.type == AssociationType.RPLC]
+    header.AccessionNumber = ""
+    package = manifest_submission(header, [], document, **kwargs)
+    assert [r.value for r in package.documents[0].reference_ids] == [
+        f"{header.StudyInstanceUID}^^^^urn:ihe:iti:xds:2016:studyInstanceUID"]
