@@ -63,6 +63,18 @@ def choose_content_type(requested: list[str], accept: str | None) -> str | None:
     return None
 
 
+# SOP class families without pixel data (PS3.4 annex B): structured reports and key objects
+# (88.x), encapsulated documents (104.x), presentation states (11.x), waveforms (9.x), raw data,
+# spatial registration and fiducials (66.x), real-world value maps (67), surface/segmentation
+# meshes (68.x). For these the PS3.18 default content type is application/dicom, not image/jpeg.
+_NON_IMAGE_SOP_CLASS_PREFIXES = tuple(f"1.2.840.10008.5.1.4.1.1.{n}." for n in ("88", "104", "11", "9", "66", "68"))
+_NON_IMAGE_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.67"})
+
+
+def is_non_image(sop_class_uid: str) -> bool:
+    return sop_class_uid in _NON_IMAGE_SOP_CLASSES or sop_class_uid.startswith(_NON_IMAGE_SOP_CLASS_PREFIXES)
+
+
 def build_routes(source: ImagingSource) -> web.RouteTableDef:
     routes = web.RouteTableDef()
 
@@ -76,6 +88,8 @@ def build_routes(source: ImagingSource) -> web.RouteTableDef:
             row = await store.find_instance(conn, params["objectUID"])
         if row is None or row["series_uid"] != params["seriesUID"] or row["study_uid"] != params["studyUID"]:
             raise web.HTTPNotFound(text="no such object in that study and series")
+        if not params["contentTypes"] and is_non_image(row["sop_class_uid"]):
+            media = DICOM
         try:
             data = await asyncio.to_thread(source.storage.read, row["storage_key"])
             if media == DICOM:

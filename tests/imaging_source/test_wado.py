@@ -211,3 +211,21 @@ def test_rendered_viewport_is_width_then_height_and_bounded(imaging_source, stor
     assert status == 400 and b"between 1 and" in body
     status, _, body = _get(_wado_uri(imaging_source, original, rows="32", columns="64"))
     assert status == 200 and Image.open(io.BytesIO(body)).size == (64, 32)
+
+
+def test_wado_uri_defaults_to_dicom_for_objects_without_pixels(imaging_source, tmp_path):
+    """PS3.18: with no contentType, non-image objects (here a Comprehensive SR) come as application/dicom."""
+    from pydicom.data import get_testdata_file
+
+    from tests.imaging_source.conftest import send_with_pynetdicom
+
+    sr = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
+    sr.PatientID = "RR8000042"  # pydicom's sample has none, and an instance without one is refused
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path)
+    assert send_with_pynetdicom(imaging_source.dicom_port, [path]) == [0]
+    status, headers, body = _get(_wado_uri(imaging_source, sr))
+    assert status == 200 and headers["Content-Type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(body)).SOPInstanceUID == sr.SOPInstanceUID
+    status, _, body = _get(_wado_uri(imaging_source, sr, contentType="image/jpeg"))
+    assert status == 400
