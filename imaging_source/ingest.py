@@ -7,6 +7,7 @@ then the index row in one transaction, and the file removed again if the index r
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -63,9 +64,10 @@ class InstanceInfo:
     instance_number: int | None
     number_of_frames: int | None
 
-    @property
-    def storage_key(self) -> str:
-        return instance_key(self.study_uid, self.series_uid, self.sop_instance_uid)
+    def storage_key(self, data: bytes) -> str:
+        """The key of these bytes of this instance (content-versioned, see storage.instance_key)."""
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        return instance_key(self.study_uid, self.series_uid, self.sop_instance_uid, digest)
 
 
 def _str(ds: Dataset, keyword: str) -> str | None:
@@ -163,31 +165,44 @@ class StoredInstance:
     info: InstanceInfo
     key: str
     size: int
-    replaced: bool  # a file was already there under this key (the same SOP instance sent again)
+    # These very bytes were already stored under this key (the same instance sent again): the file
+    # is not ours to remove if this copy is refused.
+    replaced: bool
 
 
 def store_file(data: bytes, storage: Storage, *, issuer_oid: str | None = None,
                issuer_ns: str | None = None) -> StoredInstance:
-    """Check and durably write one Part 10 object (blocking: run it off the event loop)."""
+    """Check and durably write one Part 10 object (blocking: run it off the event loop).
+
+    Keys are content-versioned, so a different copy of a known SOP instance goes to a new file
+    and the copy the index points at stays intact until the index has moved to the new one.
+    """
     ds, ts = read_header(data)
     info = describe(ds, ts, issuer_oid=issuer_oid, issuer_ns=issuer_ns)
-    key = info.storage_key
-    replaced = storage.exists(key)
-    size = storage.put(key, data)
-    return StoredInstance(info, key, size, replaced)
+    key = info.storage_key(data)
+    if storage.exists(key):
+        return StoredInstance(info, key, len(data), True)
+    return StoredInstance(info, key, storage.put(key, data), False)
 
 
 async def index_stored(stored: StoredInstance, storage: Storage, pool: asyncpg.Pool) -> bool:
-    """Index a durably written instance; True when it is new. On failure the new file is removed again."""
+    """Index a durably written instance; True when it is new.
+
+    On failure the new file is removed again (the previous copy, if any, is untouched); on
+    success a previous copy the index no longer points at is removed.
+    """
     try:
         async with pool.acquire() as conn:
-            return await store.record_instance(conn, stored.info, stored.key, stored.size)
+            is_new, previous_key = await store.record_instance(conn, stored.info, stored.key, stored.size)
     except BaseException as exc:
         if not stored.replaced:
             storage.delete(stored.key)
         if isinstance(exc, asyncpg.PostgresError | OSError):
             raise StorageError(f"could not index {stored.info.sop_instance_uid}: {exc}") from exc
         raise
+    if previous_key and previous_key != stored.key:
+        storage.delete(previous_key)
+    return is_new
 
 
 async def ingest(data: bytes, storage: Storage, pool: asyncpg.Pool, *, issuer_oid: str | None = None,

@@ -29,11 +29,16 @@ def is_uid(value: str | None) -> bool:
     return bool(value) and len(value) <= 64 and _UID.match(value) is not None
 
 
-def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str, version: str | None = None) -> str:
+    """Where an instance's bytes live; ``version`` (a content digest) keeps two different copies of
+    one SOP instance apart, so storing a resent copy never overwrites the one the index points at."""
     for uid in (study_uid, series_uid, sop_instance_uid):
         if not is_uid(uid):
             raise StorageError(f"not a valid DICOM UID: {uid!r}")
-    return f"{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
+    if version is not None and not version.isalnum():
+        raise StorageError(f"invalid version {version!r}")
+    suffix = f".{version}" if version else ""
+    return f"{study_uid}/{series_uid}/{sop_instance_uid}{suffix}.dcm"
 
 
 def manifest_key(study_uid: str, sop_instance_uid: str) -> str:

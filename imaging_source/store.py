@@ -17,9 +17,12 @@ if TYPE_CHECKING:
 TABLES = "imaging_manifest, imaging_instance, imaging_series, imaging_study"
 
 
-async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str, size: int) -> bool:
-    """Index one stored instance; True when it was not known before (the study then changed)."""
+async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str, size: int) -> tuple[bool, str | None]:
+    """Index one stored instance: (True when it was not known before, so the study changed; the
+    storage key the index pointed at before, for a copy sent again)."""
     async with conn.transaction():
+        previous_key = await conn.fetchval(
+            "SELECT storage_key FROM imaging_instance WHERE sop_instance_uid = $1 FOR UPDATE", info.sop_instance_uid)
         await conn.execute(
             "INSERT INTO imaging_study (study_uid, patient_id, patient_issuer_oid, patient_issuer_ns,"
             " accession_number, header) VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (study_uid) DO NOTHING",
@@ -39,7 +42,8 @@ async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str
             " ON CONFLICT (sop_instance_uid) DO UPDATE SET series_uid = EXCLUDED.series_uid,"
             " study_uid = EXCLUDED.study_uid, sop_class_uid = EXCLUDED.sop_class_uid,"
             " transfer_syntax_uid = EXCLUDED.transfer_syntax_uid, storage_key = EXCLUDED.storage_key,"
-            " size = EXCLUDED.size, received_at = now()"
+            " size = EXCLUDED.size, instance_number = EXCLUDED.instance_number,"
+            " number_of_frames = EXCLUDED.number_of_frames, received_at = now()"
             " RETURNING (xmax = 0)",
             info.sop_instance_uid, info.series_uid, info.study_uid, info.sop_class_uid, info.transfer_syntax_uid,
             key, size, info.instance_number, info.number_of_frames,
@@ -50,7 +54,7 @@ async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str
                 " state = 'receiving' WHERE study_uid = $1",
                 info.study_uid,
             )
-    return bool(inserted)
+    return bool(inserted), previous_key
 
 
 # --- retrieval ---------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ async def test_instance_without_patient_id_is_refused_and_not_kept(imaging_sourc
     ds.save_as(path, enforce_file_format=True)
     assert send_with_pynetdicom(imaging_source.dicom_port, [path]) == [0xA900]
     assert ds.SOPInstanceUID not in await _instance_rows(imaging_database_url)
-    assert not list(Path(imaging_source.storage_dir).rglob(f"{ds.SOPInstanceUID}.dcm"))
+    assert not list(Path(imaging_source.storage_dir).rglob(f"{ds.SOPInstanceUID}*.dcm"))
 
 
 async def test_index_failure_answers_failure_and_keeps_no_file(imaging_source, imaging_database_url, samples,
@@ -99,7 +99,7 @@ async def test_index_failure_answers_failure_and_keeps_no_file(imaging_source, i
         await conn.close()
     assert statuses == [0xA700]
     assert ds.SOPInstanceUID not in await _instance_rows(imaging_database_url)
-    assert not list(Path(imaging_source.storage_dir).rglob(f"{ds.SOPInstanceUID}.dcm"))
+    assert not list(Path(imaging_source.storage_dir).rglob(f"{ds.SOPInstanceUID}*.dcm"))
 
 
 async def test_resending_an_instance_is_not_a_change(imaging_source, imaging_database_url, samples):
@@ -124,3 +124,36 @@ def test_storage_keys_refuse_unsafe_uids(bad, tmp_path):
     storage = FileStorage(tmp_path)
     with pytest.raises(StorageError):
         storage.put(f"../{bad or 'x'}", b"data")
+
+
+async def test_a_different_copy_never_overwrites_the_indexed_one(imaging_source, imaging_database_url, samples,
+                                                                 tmp_path):
+    """The same SOP instance sent again with other bytes: if indexing the new copy fails, the copy already
+    acknowledged is intact and still what the index describes; once it succeeds, only the new copy remains."""
+    ds = pydicom.dcmread(samples["CT"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.98.{uuid.uuid4().int % 10**20}"
+    first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
+    ds.save_as(first, enforce_file_format=True)
+    ds.InstanceNumber = 99
+    ds.ImageComments = "a corrected copy"
+    ds.save_as(second, enforce_file_format=True)
+    assert send_with_pynetdicom(imaging_source.dicom_port, [first]) == [0]
+    root = Path(imaging_source.storage_dir)
+
+    conn = await asyncpg.connect(imaging_database_url)
+    await conn.execute("ALTER TABLE imaging_instance ADD CONSTRAINT test_refuse_99 CHECK (instance_number <> 99)")
+    try:
+        assert send_with_pynetdicom(imaging_source.dicom_port, [second]) == [0xA700]
+    finally:
+        await conn.execute("ALTER TABLE imaging_instance DROP CONSTRAINT test_refuse_99")
+        await conn.close()
+    row = (await _instance_rows(imaging_database_url))[ds.SOPInstanceUID]
+    [kept] = root.rglob(f"{ds.SOPInstanceUID}*.dcm")
+    assert kept == root / row["storage_key"] and row["size"] == kept.stat().st_size
+    assert pydicom.dcmread(kept).get("ImageComments") != "a corrected copy" and row["instance_number"] != 99
+
+    assert send_with_pynetdicom(imaging_source.dicom_port, [second]) == [0]
+    row = (await _instance_rows(imaging_database_url))[ds.SOPInstanceUID]
+    [kept] = root.rglob(f"{ds.SOPInstanceUID}*.dcm")
+    assert kept == root / row["storage_key"] and row["size"] == kept.stat().st_size
+    assert pydicom.dcmread(kept).ImageComments == "a corrected copy" and row["instance_number"] == 99
