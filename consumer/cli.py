@@ -4,9 +4,10 @@ Subcommands (each registers itself in :data:`SUBCOMMANDS`; add new ones the same
 
 - ``submit``: ITI-41, send files (PDF, CDA, any MIME type) for a patient, metadata filled in
 - ``retrieve``: ITI-43, fetch documents by uniqueId into a folder
+- ``find``: ITI-18 FindDocuments, list a patient's documents with what ``retrieve`` needs
 
 Common settings may come from the environment: ``XDS_CONSUMER_REPOSITORY_URL``,
-``XDS_CONSUMER_REPOSITORY_UNIQUE_ID``, ``XDS_CONSUMER_SOURCE_ID``.
+``XDS_CONSUMER_REPOSITORY_UNIQUE_ID``, ``XDS_CONSUMER_SOURCE_ID``, ``XDS_CONSUMER_REGISTRY_URL``.
 """
 
 from __future__ import annotations
@@ -188,15 +189,64 @@ def _retrieve(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+# --- find ---------------------------------------------------------------------------------------
+
+
+@subcommand
+def _register_find(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("find", help="ITI-18: list a patient's documents",
+                       description="Registry Stored Query FindDocuments: one line per DocumentEntry with its "
+                                   "uniqueId, repositoryUniqueId, mimeType, creation time, class and title.")
+    p.add_argument("--registry", default=_env("REGISTRY_URL"), help="ITI-18 endpoint of the registry "
+                   "[env XDS_CONSUMER_REGISTRY_URL]")
+    p.add_argument("--patient-id", required=True, help="affinity-domain patient id, e.g. "
+                   "'NHS123^^^&2.16.840.1.113883.2.1.4.1&ISO'")
+    p.add_argument("--all", action="store_true", help="include deprecated (replaced) documents")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    p.set_defaults(func=_find)
+
+
+def _find(args: argparse.Namespace) -> int:
+    from consumer.client.query import APPROVED, QueryFailed, find_documents
+
+    if not args.registry:
+        print("xds-consumer find: --registry is required", file=sys.stderr)
+        return 2
+    statuses = (APPROVED, "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated") if args.all else (APPROVED,)
+
+    async def run():
+        async with SoapClient(timeout=args.timeout) as client:
+            return await find_documents(client, args.registry, args.patient_id, statuses)
+
+    try:
+        entries = asyncio.run(run())
+    except QueryFailed as exc:
+        print("status: Failure")
+        _print_errors(exc.errors)
+        return 1
+    except (TransportError, SoapFaultError) as exc:
+        print(f"xds-consumer find: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(entries)} document(s)")
+    for e in sorted(entries, key=lambda e: e.creation_time or "", reverse=True):
+        status = (e.status or "").rsplit(":", 1)[-1]
+        title = e.title.value if e.title else ""
+        klass = e.class_code.display_name.value if e.class_code and e.class_code.display_name else ""
+        print(f"{e.unique_id}  repository {e.repository_unique_id}  {e.mime_type}  {e.creation_time or '-'}  "
+              f"{status}  {klass}  {title}")
+    return 0
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xds-consumer",
-        description="Command-line client of the XDS network: submit documents (ITI-41), retrieve them (ITI-43). "
-                    "Run 'xds-consumer COMMAND --help' for each command.",
-        epilog="Environment: XDS_CONSUMER_REPOSITORY_URL, XDS_CONSUMER_REPOSITORY_UNIQUE_ID, XDS_CONSUMER_SOURCE_ID.")
+        description="Command-line client of the XDS network: submit documents (ITI-41), find a patient's "
+                    "documents (ITI-18), retrieve them (ITI-43). Run 'xds-consumer COMMAND --help' for each command.",
+        epilog="Environment: XDS_CONSUMER_REPOSITORY_URL, XDS_CONSUMER_REPOSITORY_UNIQUE_ID, XDS_CONSUMER_SOURCE_ID, "
+               "XDS_CONSUMER_REGISTRY_URL.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in SUBCOMMANDS:
         register(sub)

@@ -43,6 +43,13 @@ async def test_submit_files_then_retrieve_them(network, tmp_path):
     assert registered[uids[0]].title.value == "scan.pdf"
     assert registered[uids[0]].authors[0].person == "^Smith^John"
 
+    done = run("find", "--registry", network.registry.url, "--patient-id", pid)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 document(s)" in done.stdout
+    for uid in uids:
+        assert f"{uid}  repository {repo.repository_unique_id}" in done.stdout
+    assert "application/pdf" in done.stdout and "scan.pdf" in done.stdout
+
     out = tmp_path / "out"
     done = run("retrieve", "--repository", repo.url, "--repository-id", repo.repository_unique_id, *uids,
                "--output-dir", str(out))
@@ -57,6 +64,8 @@ async def test_failures_exit_non_zero_with_the_ihe_error(network, tmp_path):
     done = run("submit", "--repository", repo.url, "--patient-id", "nobody^^^&1.3.6.1.4.1.21367.13.20.1000&ISO",
                str(tmp_path / "a.txt"))
     assert done.returncode == 1 and "XDSUnknownPatientId" in done.stdout
+    done = run("find", "--registry", network.registry.url, "--patient-id", "")
+    assert done.returncode == 1 and "status: Failure" in done.stdout
 
     done = run("retrieve", "--repository", repo.url, "--repository-id", repo.repository_unique_id, "1.2.3.999",
                "--output-dir", str(tmp_path))
@@ -77,7 +86,7 @@ async def test_failures_exit_non_zero_with_the_ihe_error(network, tmp_path):
 
 
 def test_help_of_both_commands():
-    for module, words in (("consumer.cli", ("submit", "retrieve")), ("repository.cli", ("--repository-unique-id",
+    for module, words in (("consumer.cli", ("submit", "retrieve", "find")), ("repository.cli", ("--repository-unique-id",
                                                                                        "--storage-dir"))):
         done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0 and all(w in done.stdout for w in words)
