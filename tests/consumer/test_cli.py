@@ -86,8 +86,8 @@ async def test_failures_exit_non_zero_with_the_ihe_error(network, tmp_path):
 
 
 def test_help_of_both_commands():
-    for module, words in (("consumer.cli", ("submit", "retrieve", "find")), ("repository.cli", ("--repository-unique-id",
-                                                                                       "--storage-dir"))):
+    for module, words in (("consumer.cli", ("submit", "retrieve", "find")),
+                          ("repository.cli", ("--repository-unique-id", "--storage-dir"))):
         done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0 and all(w in done.stdout for w in words)
     done = subprocess.run([sys.executable, "-m", "repository.cli"], cwd=ROOT, capture_output=True, text=True)
