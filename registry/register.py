@@ -56,7 +56,7 @@ from ihe.soap import FAULT_SENDER, SoapFault, SoapRequest
 from ihe.xml import parse_xml
 from registry import store
 from registry.patients import IDENTITY_LOCK_KEY, PatientIdState, xds_patient_id_state
-from registry.store import KIND_DOCUMENT_ENTRY, KIND_FOLDER, StoredObject, UniqueIdClaim
+from registry.store import KIND_DOCUMENT_ENTRY, KIND_FOLDER, StoredObject, UniqueIdClaim, patient_id_column
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,6 @@ def _last(urn: str | None) -> str:
     return str(urn).rsplit(":", 1)[-1]
 
 
-def _cx(identifiable) -> str | None:
-    return identifiable.to_cx() if identifiable is not None else None
-
-
 @dataclass(slots=True)
 class ReferencePlan:
     """What the accepted submission changes in registered objects."""
@@ -296,7 +292,7 @@ def _check_relationship(a, where, documents, own, existing, plan, fail) -> None:
         fail(ErrorCode.REGISTRY_DEPRECATED_DOCUMENT,
              f"{where}: the target DocumentEntry {a.target_uuid} (uniqueId {target.unique_id}) is "
              f"{_last(target.status)}; a {name} association needs an Approved document", a.entry_uuid)
-    source_patient = _cx(source.patient_id) if source is not None else None
+    source_patient = patient_id_column(source.patient_id) if source is not None else None
     if source_patient and target.patient_id != source_patient:
         fail(ErrorCode.PATIENT_ID_DOES_NOT_MATCH,
              f"{where}: the new DocumentEntry's patient id {source_patient} differs from {target.patient_id}, "
@@ -316,13 +312,13 @@ def _check_has_member(a, where, ss, documents, folders, existing, plan, fail) ->
             fail(ErrorCode.REGISTRY_METADATA_ERROR,
                  f"{where}: {a.target_uuid} is a DocumentEntry already in the registry, so its SubmissionSetStatus "
                  f"must be Reference, not {a.submission_set_status}", a.entry_uuid)
-        elif ss.patient_id is not None and target.patient_id != _cx(ss.patient_id):
+        elif ss.patient_id is not None and target.patient_id != patient_id_column(ss.patient_id):
             fail(ErrorCode.PATIENT_ID_DOES_NOT_MATCH,
                  f"{where}: the referenced DocumentEntry's patient id {target.patient_id} differs from the "
-                 f"SubmissionSet's patient id {_cx(ss.patient_id)}", a.entry_uuid)
+                 f"SubmissionSet's patient id {patient_id_column(ss.patient_id)}", a.entry_uuid)
         return
     if a.source_uuid in folders:
-        folder_patient = _cx(folders[a.source_uuid].patient_id)
+        folder_patient = patient_id_column(folders[a.source_uuid].patient_id)
     elif a.source_uuid in existing:
         source = existing[a.source_uuid]
         if source.kind != KIND_FOLDER:
@@ -340,7 +336,7 @@ def _check_has_member(a, where, ss, documents, folders, existing, plan, fail) ->
     else:
         return  # HasMember from another new object: the validator's business
     if a.target_uuid in documents:
-        member_patient = _cx(documents[a.target_uuid].patient_id)
+        member_patient = patient_id_column(documents[a.target_uuid].patient_id)
     elif a.target_uuid in existing and existing[a.target_uuid].kind == KIND_DOCUMENT_ENTRY:
         member_patient = existing[a.target_uuid].patient_id
     else:

@@ -11,7 +11,7 @@ JSON arrays onto the ``text[]`` code columns, which ``unnest`` of 2-D arrays can
 
 Conventions of the stored columns (shared with the stored-query engine):
 - ``id``/``lid``/``source``/``target``: the UUID without its ``urn:uuid:`` prefix;
-- ``status``: the full ebRIM status URN; ``patient_id``: the canonical CX ``id^^^&OID&ISO`` (see ``_cx``);
+- ``status``: the full ebRIM status URN; ``patient_id``: the canonical CX ``id^^^&OID&ISO`` (see ``patient_id_column``);
 - codes: ``code^^^codingScheme``; times: the earliest UTC instant of the HL7 DTM;
 - ``hash``: lower case, in both ``document_entry`` and ``unique_id_claim``.
 """
@@ -98,7 +98,7 @@ def _time(value: str | None, owner: str, attribute: str) -> str | None:
                           f"{owner}: {attribute} {value!r} is not an HL7 DTM (YYYY[MM[DD[hh[mm[ss]]]]])") from None
 
 
-def _cx(identifiable) -> str | None:
+def patient_id_column(identifiable) -> str | None:
     """The patient id column's form: ``id^^^&OID&ISO`` (a namespace id sent beside the OID is dropped,
     so one patient is one value whatever the source put in CX-4's first component)."""
     if identifiable is None:
@@ -133,7 +133,7 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
         "id": bare_uuid(ss.entry_uuid),
         "lid": bare_uuid(ss.logical_uuid or ss.entry_uuid),
         "status": ss.status or v.STATUS_APPROVED,
-        "patient_id": _cx(ss.patient_id),
+        "patient_id": patient_id_column(ss.patient_id),
         "unique_id": ss.unique_id,
         "source_id": ss.source_id,
         "submission_time": _time(ss.submission_time, owner, "submissionTime"),
@@ -153,7 +153,7 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
             "version": 1,
             "status": d.status or v.STATUS_APPROVED,
             "object_type": str(d.type),
-            "patient_id": _cx(d.patient_id),
+            "patient_id": patient_id_column(d.patient_id),
             "unique_id": d.unique_id,
             "hash": hash_,
             "size": d.size,
@@ -181,7 +181,7 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
             "lid": bare_uuid(f.logical_uuid or f.entry_uuid),
             "version": 1,
             "status": f.status or v.STATUS_APPROVED,
-            "patient_id": _cx(f.patient_id),
+            "patient_id": patient_id_column(f.patient_id),
             "unique_id": f.unique_id,
             "last_update_time": _time(f.last_update_time, f"Folder {f.entry_uuid}", "lastUpdateTime"),
             "code": _codes(f.codes),

@@ -23,7 +23,7 @@ from registry.register import (
     submitted_ids,
     with_folder_times,
 )
-from registry.store import StoredObject, UniqueIdClaim
+from registry.store import StoredObject, UniqueIdClaim, patient_id_column
 from tests import messages as m
 
 PID = m.patient_cx("P1")
@@ -90,7 +90,8 @@ def test_new_folders_get_the_submission_time():
 
 def stored(entry_uuid: str, kind: str = "DocumentEntry", status: str = v.STATUS_APPROVED, patient: str = PID,
            unique_id: str = "1.2.3") -> StoredObject:
-    return StoredObject(entry_uuid, kind, status, Identifiable.parse_cx(patient).to_cx(), unique_id, "<x/>")
+    # The patient id as the store writes it.
+    return StoredObject(entry_uuid, kind, status, patient_id_column(Identifiable.parse_cx(patient)), unique_id, "<x/>")
 
 
 def new_uuid() -> str:
@@ -122,6 +123,15 @@ def test_signs_may_target_a_deprecated_document():
     target = new_uuid()
     errors, plan = check_references(related(target, "signs"), {target: stored(target, status=v.STATUS_DEPRECATED)})
     assert errors == [] and plan.replaced == []
+
+
+def test_patient_id_with_a_namespace_beside_the_oid_matches_the_stored_one():
+    """A source sending ``id^^^NS&OID&ISO`` replaces its own document: same patient, whatever CX-4.1 holds."""
+    target = new_uuid()
+    with_namespace = PID.replace("^^^&", "^^^NHS&")
+    assert with_namespace != PID
+    errors, plan = check_references(related(target, patient_id=with_namespace), {target: stored(target)})
+    assert errors == [] and plan.replaced == [target]
 
 
 def test_relationship_targets_must_exist_be_documents_and_share_the_patient():

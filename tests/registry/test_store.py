@@ -210,7 +210,7 @@ async def test_other_constraint_failures_stay_database_errors(registry_pool):
 
 def test_patient_id_column_drops_a_namespace_sent_beside_the_oid():
     from ihe.metadata.model import Identifiable
-    from registry.store import _cx
+    from registry.store import patient_id_column as _cx
 
     assert _cx(Identifiable("123", "1.2.3", "NHS")) == "123^^^&1.2.3&ISO"
     assert _cx(Identifiable("123", "1.2.3")) == "123^^^&1.2.3&ISO"
