@@ -639,7 +639,8 @@ def validate_slot_names(package: SubmissionPackage) -> list[RegistryError]:
 
     ITI TF-3 4.1.14: extra metadata is a Slot whose name begins with ``urn:``; names in IHE's own
     ``urn:ihe:`` namespace that XDS does not define are refused, as are other undefined names.
-    Extra metadata must fit ebRIM's Slot (name and each value at most 256 characters).
+    Extra metadata must fit ebRIM's Slot (name and each value at most 256 characters), and one
+    object has one Slot of a name.
     """
     errors: list[RegistryError] = []
     for obj in package.objects():
@@ -647,13 +648,19 @@ def validate_slot_names(package: SubmissionPackage) -> list[RegistryError]:
             continue
         defined = DEFINED_SLOTS.get(type(obj), frozenset())
         kind = _KIND.get(type(obj), type(obj).__name__)
+        seen: set[str] = set()
         for slot in obj.extra_slots:
             r = _Report(errors, obj)
             if not slot.name:
                 r.add("has a Slot without a name")
-            elif slot.name in defined:
                 continue
-            elif not slot.name.startswith("urn:"):
+            if slot.name in seen:
+                r.add(f"has more than one Slot named '{slot.name}' (a Slot name is unique within its object)")
+                continue
+            seen.add(slot.name)
+            if slot.name in defined:
+                continue
+            if not slot.name.startswith("urn:"):
                 r.add(f"slot '{slot.name}' is not defined for a {kind}; extra metadata slot names must begin "
                       "with 'urn:'")
             elif slot.name.startswith(IHE_SLOT_PREFIX):

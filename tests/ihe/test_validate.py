@@ -653,6 +653,8 @@ def test_extra_metadata_must_fit_an_ebrim_slot() -> None:
            location="Document01")
     package = replace_document(valid_package(), 0, extra_slots=[Slot("urn:" + "n" * 253, ["x"])])
     single(validate_submission(package), MD, "Document01", "longer than 256 characters")
+    package = replace_document(valid_package(), 0, extra_slots=[Slot("urn:acme:x", ["1"]), Slot("urn:acme:x", ["2"])])
+    single(validate_submission(package), MD, "Document01", "more than one Slot named 'urn:acme:x'")
 
 
 # --- association documentation --------------------------------------------------------------------------------
