@@ -24,6 +24,10 @@ Rules that depend on registry state (ITI TF-2b 3.42.4.1.3):
   reference that entryUUID, so folding it into the old object would leave them dangling. A query
   by uniqueId then returns both entries. Which of two concurrent submissions of one uniqueId wins
   is decided by the primary key of ``unique_id_claim`` inside the transaction.
+- a replacement (RPLC, XFRM_RPLC) of a document that is in Approved Folders joins those Folders:
+  the registry adds Folder->replacement HasMember Associations (and the SubmissionSet's HasMember
+  of each) to the submission, and the Folders' lastUpdateTime moves forward, as the NIST registry
+  does (:func:`replacement_folder_memberships`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from ihe.metadata import vocabulary as v
 from ihe.metadata.ebrim import object_fragment, read_submit_objects_request
 from ihe.metadata.model import (
     Association,
+    AssociationType,
     AvailabilityStatus,
     RegistryObject,
     SubmissionPackage,
@@ -234,7 +239,7 @@ def replacement_folder_memberships(
     def association(source: str, target: str) -> Association:
         entry_uuid = f"{URN_UUID}{new_uuid()}"
         made = Association(entry_uuid=entry_uuid, logical_uuid=entry_uuid, version="1",
-                           status=AvailabilityStatus.APPROVED, type=v.HAS_MEMBER,  # type: ignore[arg-type]
+                           status=AvailabilityStatus.APPROVED, type=AssociationType.HAS_MEMBER,
                            source_uuid=source, target_uuid=target)
         added.append(made)
         return made
@@ -268,7 +273,7 @@ class ReferencePlan:
     """What the accepted submission changes in registered objects."""
 
     replaced: list[str] = field(default_factory=list)  # DocumentEntries to deprecate (RPLC, XFRM_RPLC)
-    folders: list[str] = field(default_factory=list)  # existing Folders gaining members
+    folders: list[str] = field(default_factory=list)  # existing Folders gaining members (lastUpdateTime moves)
 
 
 def check_references(

@@ -196,7 +196,7 @@ class Association(RegistryObject):
     original_status: str | None = None
     new_status: str | None = None
     # Association Documentation (classification scheme ASSOCIATION_DOCUMENTATION): coded reasons for a
-    # relationship (RPLC, APND, XFRM, XFRM_RPLC, signs); HasMember associations have none.
+    # document relationship (RPLC, APND, XFRM, XFRM_RPLC, signs, IsSnapshotOf); never on HasMember.
     documentation: list[Code] = field(default_factory=list)
 
 
