@@ -199,18 +199,20 @@ async def test_an_addendum_does_not_join_the_folders_of_the_original(http, conn)
 # --- association documentation ----------------------------------------------------------------------------
 
 
-async def test_association_documentation_is_kept_and_returned(http, conn):
+@pytest.mark.parametrize("relationship", ["RPLC", "APND", "XFRM", "XFRM_RPLC", "signs"])
+async def test_association_documentation_is_kept_and_returned(http, conn, relationship):
     pid = await known_patient(conn)
     first = await register_ok(http, pid)
-    built = m.submit_objects_request(pid, use_uuids=True, replaces=first.document_id, relationship="APND")
-    apnd = association_id(built, v.APND)
-    xml = with_top_level(built.xml, documentation(apnd, CORRECTION))
+    atype = m.RELATIONSHIP_TYPES[relationship]
+    built = m.submit_objects_request(pid, use_uuids=True, replaces=first.document_id, relationship=relationship)
+    aid = association_id(built, atype)
+    xml = with_top_level(built.xml, documentation(aid, CORRECTION))
     assert await send(http, xml) == (STATUS_SUCCESS, [])
     returned = await query(http, m.GET_ASSOCIATIONS, {"$uuid": in_list(built.document_id)})
-    [found] = [a for a in of(returned, Association) if a.entry_uuid == apnd]
+    [found] = [a for a in of(returned, Association) if a.entry_uuid == aid]
     assert found.documentation == [CORRECTION]
     related = await query(http, m.GET_RELATED_DOCUMENTS, {
-        "$XDSDocumentEntryEntryUUID": quoted(first.document_id), "$AssociationTypes": in_list(v.APND)})
+        "$XDSDocumentEntryEntryUUID": quoted(first.document_id), "$AssociationTypes": in_list(atype)})
     assert [a.documentation for a in of(related, Association)] == [[CORRECTION]]
 
 
