@@ -1,4 +1,4 @@
-"""PostgreSQL storage of registry objects (schema: schemas/registry/, 001_registry.sql and later).
+"""PostgreSQL storage of registry objects (schema: schemas/registry/001_registry.sql).
 
 Every SQL statement of ITI-42 lives here, behind functions that take an asyncpg connection
 and speak in entryUUIDs (``urn:uuid:...``) and plain values, so that another engine could
