@@ -17,12 +17,17 @@ Rules that depend on registry state (ITI TF-2b 3.42.4.1.3):
   ITI TF-2b 3.42.4.1.3.5); a missing target or one of the wrong kind is XDSRegistryMetadataError.
 - uniqueIds: a SubmissionSet's or Folder's uniqueId already in the registry is
   XDSDuplicateUniqueIdInRegistry; a DocumentEntry's is accepted when the registered document has
-  the same hash (compared case-insensitively) and XDSNonIdenticalHash otherwise. "Accepted" means
+  the same hash (compared case-insensitively) and size, else XDSNonIdenticalHash / XDSNonIdenticalSize
+  (each when it differs). "Accepted" means
   the new DocumentEntry is stored as an object of its own (its own entryUUID, member of its own
   SubmissionSet) sharing the uniqueId, as the NIST registry does: the submission's associations
   reference that entryUUID, so folding it into the old object would leave them dangling. A query
   by uniqueId then returns both entries. Which of two concurrent submissions of one uniqueId wins
   is decided by the primary key of ``unique_id_claim`` inside the transaction.
+- a replacement (RPLC, XFRM_RPLC) of a document that is in Approved Folders joins those Folders:
+  the registry adds Folder->replacement HasMember Associations (and the SubmissionSet's HasMember
+  of each) to the submission, and the Folders' lastUpdateTime moves forward, as the NIST registry
+  does (:func:`replacement_folder_memberships`).
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ from ihe.metadata import vocabulary as v
 from ihe.metadata.ebrim import object_fragment, read_submit_objects_request
 from ihe.metadata.model import (
     Association,
+    AssociationType,
     AvailabilityStatus,
     RegistryObject,
     SubmissionPackage,
     datetime_to_dtm,
 )
-from ihe.metadata.validate import strip_extra_metadata, validate_submission
+from ihe.metadata.validate import validate_submission
 from ihe.namespaces import ACTION_ITI42_RESPONSE, LCM, RIM, qn
 from ihe.soap import FAULT_SENDER, SoapFault, SoapRequest
 from ihe.xml import parse_xml
@@ -89,13 +95,15 @@ _BEGIN = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock_sh
 
 
 def read_submission(body: etree._Element, code_list=None) -> tuple[SubmissionPackage, list[RegistryError]]:
-    """Read, validate and strip a SubmitObjectsRequest: ``(package, warnings)`` or XDSError."""
+    """Read and validate a SubmitObjectsRequest: ``(package, warnings)`` or XDSError.
+
+    Extra metadata (ITI TF-3 4.1.14) stays in the package: it is stored and returned by queries.
+    """
     package = read_submit_objects_request(body)
     problems = validate_submission(package, code_list=code_list)
     if any(p.is_error for p in problems):
         raise XDSError(problems)
-    package, stripped = strip_extra_metadata(package)
-    return package, [*problems, *stripped]
+    return package, problems
 
 
 def _is_uuid_ref(value: str) -> bool:
@@ -205,6 +213,46 @@ def with_folder_times(package: SubmissionPackage, last_update_time: str) -> Subm
     )
 
 
+def replacement_folder_memberships(
+    package: SubmissionPackage, memberships: Iterable[tuple[str, str]],
+    new_uuid: Callable[[], uuid.UUID] = uuid.uuid4,
+) -> list[Association]:
+    """The Associations that put each replacement into the Folders of the document it replaces.
+
+    ITI TF-3 4.2.2.2.3 (and the NIST registry): when a document that is a member of Folders is
+    replaced (RPLC or XFRM_RPLC), the registry adds the replacement to the same Folders with a
+    Folder->replacement HasMember, itself made a member of the submission's SubmissionSet, so the
+    change is registered with the submission. ``memberships`` are the registered ``(folder,
+    document)`` pairs of the replaced documents; a membership the submission already states is
+    not added twice. Returns new Associations (first versions, Approved), in a stable order.
+    """
+    replacements: dict[str, list[str]] = {}
+    stated: set[tuple[str, str]] = set()
+    for a in package.associations:
+        if a.type in v.REPLACING_TYPES:
+            replacements.setdefault(a.target_uuid, []).append(a.source_uuid)
+        elif a.type == v.HAS_MEMBER:
+            stated.add((a.source_uuid, a.target_uuid))
+    ss = package.submission_set.entry_uuid
+    added: list[Association] = []
+
+    def association(source: str, target: str) -> Association:
+        entry_uuid = f"{URN_UUID}{new_uuid()}"
+        made = Association(entry_uuid=entry_uuid, logical_uuid=entry_uuid, version="1",
+                           status=AvailabilityStatus.APPROVED, type=AssociationType.HAS_MEMBER,
+                           source_uuid=source, target_uuid=target)
+        added.append(made)
+        return made
+
+    for folder, original in sorted(set(memberships)):
+        for replacement in replacements.get(original, ()):
+            if (folder, replacement) in stated:
+                continue
+            stated.add((folder, replacement))
+            association(ss, association(folder, replacement).entry_uuid)
+    return added
+
+
 def external_references(package: SubmissionPackage) -> set[str]:
     """Association ends that are not objects of the package: they must be in the registry."""
     own = {o.entry_uuid for o in package.objects()}
@@ -225,7 +273,7 @@ class ReferencePlan:
     """What the accepted submission changes in registered objects."""
 
     replaced: list[str] = field(default_factory=list)  # DocumentEntries to deprecate (RPLC, XFRM_RPLC)
-    folders: list[str] = field(default_factory=list)  # existing Folders gaining members
+    folders: list[str] = field(default_factory=list)  # existing Folders gaining members (lastUpdateTime moves)
 
 
 def check_references(
@@ -367,11 +415,17 @@ def check_unique_ids(package: SubmissionPackage, claims: Mapping[str, UniqueIdCl
             errors.append(error(ErrorCode.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
                                 f"DocumentEntry {d.entry_uuid}: uniqueId {d.unique_id} is already in the registry "
                                 f"as the uniqueId of {held.kind} {held.entry_uuid}", d.entry_uuid))
-        elif (held.hash or "").lower() != (d.hash or "").lower():
-            errors.append(error(ErrorCode.NON_IDENTICAL_HASH,
-                                f"DocumentEntry {d.entry_uuid}: uniqueId {d.unique_id} is already registered "
-                                f"(DocumentEntry {held.entry_uuid}) with hash {held.hash}; this submission has hash "
-                                f"{d.hash}", d.entry_uuid))
+        else:
+            if (held.hash or "").lower() != (d.hash or "").lower():
+                errors.append(error(ErrorCode.NON_IDENTICAL_HASH,
+                                    f"DocumentEntry {d.entry_uuid}: uniqueId {d.unique_id} is already registered "
+                                    f"(DocumentEntry {held.entry_uuid}) with hash {held.hash}; this submission has "
+                                    f"hash {d.hash}", d.entry_uuid))
+            if held.size is not None and d.size is not None and held.size != d.size:
+                errors.append(error(ErrorCode.NON_IDENTICAL_SIZE,
+                                    f"DocumentEntry {d.entry_uuid}: uniqueId {d.unique_id} is already registered "
+                                    f"(DocumentEntry {held.entry_uuid}) with size {held.size}; this submission has "
+                                    f"size {d.size}", d.entry_uuid))
     return errors
 
 
@@ -468,6 +522,9 @@ async def _register(conn, registry, package, preassigned, rows, now) -> list[Reg
         errors += reference_errors
     if errors:  # report uniqueId problems as well, without writing anything
         return errors + check_unique_ids(package, await store.find_claims(conn, unique_ids(package)))
+    if plan.replaced:
+        rows, folders = await _add_replacements_to_folders(conn, package, plan.replaced, rows)
+        plan.folders.extend(f for f in folders if f not in plan.folders)
     try:
         held = await store.insert_package(conn, rows)
     except store.EntryUUIDInUse as exc:  # a concurrent submission took a pre-assigned id
@@ -487,6 +544,18 @@ async def _register(conn, registry, package, preassigned, rows, now) -> list[Reg
     if plan.folders:
         errors = await _touch_folders(conn, plan.folders, now)
     return errors
+
+
+async def _add_replacements_to_folders(conn, package: SubmissionPackage, replaced: list[str], rows: dict
+                                       ) -> tuple[dict, list[str]]:
+    """``rows`` with the HasMember Associations that put replacements into their originals' Folders,
+    and those Folders (their lastUpdateTime moves forward like any Folder gaining a member)."""
+    added = replacement_folder_memberships(package, await store.folders_holding(conn, replaced))
+    if not added:
+        return rows, []
+    new_rows = store.association_rows(added, _fragments(added))
+    folders = list(dict.fromkeys(a.source_uuid for a in added if a.source_uuid != package.submission_set.entry_uuid))
+    return {**rows, "associations": [*rows["associations"], *new_rows]}, folders
 
 
 async def _patient_errors(conn, registry, package: SubmissionPackage) -> list[RegistryError]:

@@ -28,7 +28,7 @@ import asyncpg
 
 from ihe.errors import ErrorCode, XDSError
 from ihe.metadata import vocabulary as v
-from ihe.metadata.model import Author, Code, Identifiable, SubmissionPackage, dtm_to_datetime
+from ihe.metadata.model import Association, Author, Code, Identifiable, SubmissionPackage, dtm_to_datetime
 
 KIND_DOCUMENT_ENTRY = "DocumentEntry"
 KIND_SUBMISSION_SET = "SubmissionSet"
@@ -61,12 +61,13 @@ class StoredObject:
 
 @dataclass(frozen=True, slots=True)
 class UniqueIdClaim:
-    """The object holding a uniqueId, and its hash for DocumentEntries."""
+    """The object holding a uniqueId, and its hash and size for DocumentEntries."""
 
     unique_id: str
     entry_uuid: str
     kind: str
     hash: str | None
+    size: int | None = None
 
 
 class EntryUUIDInUse(Exception):
@@ -116,7 +117,8 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
     """
     claims: dict[str, dict] = {}
 
-    def claim(unique_id: str | None, entry_uuid: str, kind: str, hash_: str | None = None) -> None:
+    def claim(unique_id: str | None, entry_uuid: str, kind: str, hash_: str | None = None,
+              size: int | None = None) -> None:
         if not unique_id:
             return
         if unique_id in claims:
@@ -124,7 +126,7 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
                               f"uniqueId {unique_id} is used by more than one object of this submission "
                               f"({claims[unique_id]['object_kind']} and {kind} {entry_uuid})")
         claims[unique_id] = {"unique_id": unique_id, "object_id": bare_uuid(entry_uuid), "object_kind": kind,
-                             "hash": hash_}
+                             "hash": hash_, "size": size}
 
     ss = package.submission_set
     owner = f"SubmissionSet {ss.entry_uuid}"
@@ -146,7 +148,7 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
     for d in package.documents:
         owner = f"DocumentEntry {d.entry_uuid}"
         hash_ = d.hash.lower() if d.hash else None
-        claim(d.unique_id, d.entry_uuid, KIND_DOCUMENT_ENTRY, hash_)
+        claim(d.unique_id, d.entry_uuid, KIND_DOCUMENT_ENTRY, hash_, d.size)
         documents.append({
             "id": bare_uuid(d.entry_uuid),
             "lid": bare_uuid(d.logical_uuid or d.entry_uuid),
@@ -188,15 +190,7 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
             "home_community_id": f.home_community_id,
             "ebrim": fragments[f.entry_uuid],
         })
-    associations = [{
-        "id": bare_uuid(a.entry_uuid),
-        "type": str(a.type),
-        "source": bare_uuid(a.source_uuid),
-        "target": bare_uuid(a.target_uuid),
-        "status": a.status or v.STATUS_APPROVED,
-        "home_community_id": a.home_community_id,
-        "ebrim": fragments[a.entry_uuid],
-    } for a in package.associations]
+    associations = association_rows(package.associations, fragments)
     return {
         # Sorted so that concurrent submissions claim shared uniqueIds in one order (no deadlock).
         "claims": sorted(claims.values(), key=lambda c: c["unique_id"]),
@@ -205,6 +199,19 @@ def package_rows(package: SubmissionPackage, fragments: Mapping[str, str]) -> di
         "folders": folders,
         "associations": associations,
     }
+
+
+def association_rows(associations: Iterable[Association], fragments: Mapping[str, str]) -> list[dict]:
+    """The ``association`` rows of Associations with assigned ids (``fragments`` as for :func:`package_rows`)."""
+    return [{
+        "id": bare_uuid(a.entry_uuid),
+        "type": str(a.type),
+        "source": bare_uuid(a.source_uuid),
+        "target": bare_uuid(a.target_uuid),
+        "status": a.status or v.STATUS_APPROVED,
+        "home_community_id": a.home_community_id,
+        "ebrim": fragments[a.entry_uuid],
+    } for a in associations]
 
 
 # --- writes --------------------------------------------------------------------------------------
@@ -225,8 +232,8 @@ def _insert(cte: str, table: str, columns: str, key: str) -> str:
 
 
 _INSERT_PACKAGE = (
-    "WITH claimed AS (INSERT INTO unique_id_claim (unique_id, object_id, object_kind, hash)"
-    " SELECT unique_id, object_id, object_kind, hash"
+    "WITH claimed AS (INSERT INTO unique_id_claim (unique_id, object_id, object_kind, hash, size)"
+    " SELECT unique_id, object_id, object_kind, hash, size"
     " FROM jsonb_populate_recordset(NULL::unique_id_claim, $1::jsonb -> 'claims') ORDER BY unique_id"
     " ON CONFLICT (unique_id) DO NOTHING RETURNING unique_id), "
     + ", ".join((
@@ -327,9 +334,11 @@ async def find_claims(conn: asyncpg.Connection, unique_ids: Iterable[str]) -> di
     if not ids:
         return {}
     rows = await conn.fetch(
-        "SELECT unique_id, object_id, object_kind, hash FROM unique_id_claim WHERE unique_id = ANY($1::text[])", ids
+        "SELECT unique_id, object_id, object_kind, hash, size FROM unique_id_claim WHERE unique_id = ANY($1::text[])",
+        ids,
     )
-    return {r["unique_id"]: UniqueIdClaim(r["unique_id"], urn_uuid(r["object_id"]), r["object_kind"], r["hash"])
+    return {r["unique_id"]: UniqueIdClaim(r["unique_id"], urn_uuid(r["object_id"]), r["object_kind"], r["hash"],
+                                          r["size"])
             for r in rows}
 
 
@@ -374,3 +383,17 @@ async def documents_by_unique_id(conn: asyncpg.Connection, unique_id: str) -> li
         unique_id,
     )
     return [_stored(r, KIND_DOCUMENT_ENTRY) for r in rows]
+
+
+async def folders_holding(conn: asyncpg.Connection, entry_uuids: Iterable[str]) -> list[tuple[str, str]]:
+    """``(folder, document)`` entryUUID pairs: the Approved Folders whose HasMember holds one of the
+    DocumentEntries ``entry_uuids`` (what a replacement of those documents joins, ITI TF-3 4.2.2.2.3)."""
+    ids = sorted({bare_uuid(i) for i in entry_uuids})
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        "SELECT DISTINCT a.source, a.target FROM association a JOIN folder f ON f.id = a.source"
+        " WHERE a.type = $2 AND a.target = ANY($1::uuid[]) AND f.status = $3 ORDER BY a.source, a.target",
+        ids, v.HAS_MEMBER, v.STATUS_APPROVED,
+    )
+    return [(urn_uuid(r["source"]), urn_uuid(r["target"])) for r in rows]

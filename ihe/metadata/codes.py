@@ -33,6 +33,7 @@ ATTRIBUTES = (
     "eventCodeList",
     "contentTypeCode",
     "folderCodeList",
+    "associationDocumentation",
 )
 _ATTRIBUTE_SET = frozenset(ATTRIBUTES)
 _ENTRY_KEYS = frozenset({"code", "scheme", "display"})

@@ -447,6 +447,9 @@ class _Reader:
                 assoc.new_status = self.single(values, name, kind, oid)
             else:
                 assoc.extra_slots.append(Slot(name, values))
+        for c in self.classifications(el, oid):
+            if c.get("classificationScheme") == v.ASSOCIATION_DOCUMENTATION:
+                assoc.documentation.append(self.code(c, kind, oid, "associationDocumentation"))
         return assoc
 
     def objects(self, rol: etree._Element) -> list[RegistryObject]:
@@ -795,6 +798,8 @@ class _Writer:
         self.extra_slots(assoc.extra_slots)
         if assoc.version is not None:
             self.empty("VersionInfo", (("versionName", assoc.version),))
+        for i, code in enumerate(assoc.documentation):
+            self.code(assoc.entry_uuid, v.ASSOCIATION_DOCUMENTATION, i, code)
         self.close("Association")
 
     def object(self, obj: RegistryObject) -> None:

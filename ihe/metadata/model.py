@@ -195,6 +195,9 @@ class Association(RegistryObject):
     # Slots of ITI-57 status-change associations, kept for later.
     original_status: str | None = None
     new_status: str | None = None
+    # Association Documentation (classification scheme ASSOCIATION_DOCUMENTATION): coded reasons for a
+    # document relationship (RPLC, APND, XFRM, XFRM_RPLC, signs, IsSnapshotOf); never on HasMember.
+    documentation: list[Code] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -7,8 +7,10 @@ decide what to do with the list (ITI-42 fails on any error; warnings travel in a
 
 Typical use in a Register Document Set-b handler::
 
-    package, notes = strip_extra_metadata(package)       # warnings: extra metadata not saved
-    notes += validate_submission(package, code_list=registry.code_list)
+    notes = validate_submission(package, code_list=registry.code_list)
+
+Extra metadata (ITI TF-3 4.1.14: ``urn:`` slots XDS does not define) is legal and kept: the
+registry stores it and returns it in query responses, so no XDSExtraMetadataNotSaved is due.
 
 A Document Repository validating ITI-41 input passes ``require_repository_attributes=False``: a
 Document Source may leave hash, size and repositoryUniqueId to the repository.
@@ -20,12 +22,10 @@ known, that uniqueIds are new.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable
-from typing import TypeVar
 
-from ihe.errors import ErrorCode, RegistryError, warning
+from ihe.errors import ErrorCode, RegistryError
 from ihe.metadata import vocabulary as v
 from ihe.metadata.codes import CodeList
 from ihe.metadata.model import (
@@ -44,7 +44,6 @@ from ihe.metadata.model import (
 
 METADATA_ERROR = ErrorCode.REGISTRY_METADATA_ERROR.value
 PATIENT_ID_DOES_NOT_MATCH = ErrorCode.PATIENT_ID_DOES_NOT_MATCH.value
-EXTRA_METADATA_NOT_SAVED = ErrorCode.EXTRA_METADATA_NOT_SAVED.value
 
 SUBMISSION_SET_STATUS_ORIGINAL = "Original"
 SUBMISSION_SET_STATUS_REFERENCE = "Reference"
@@ -84,7 +83,12 @@ DEFINED_SLOTS: dict[type, frozenset[str]] = {
         "SubmissionSetStatus", "PreviousVersion", "OriginalStatus", "NewStatus", "AssociationPropagation",
     }),
 }
-_T = TypeVar("_T", bound=RegistryObject)
+#: ITI TF-3 4.1.14: the "urn:ihe:" namespace is IHE's own; a name in it that XDS does not define is
+#: not extra metadata but an error (as the NIST registry simulator answers it).
+IHE_SLOT_PREFIX = "urn:ihe:"
+#: ebRIM 3.0 (rim.xsd): a Slot's name and each of its Values are LongName, at most 256 characters.
+SLOT_NAME_MAX_LENGTH = 256
+SLOT_VALUE_MAX_LENGTH = 256
 _KIND = {DocumentEntry: "DocumentEntry", SubmissionSet: "SubmissionSet", Folder: "Folder", Association: "Association"}
 
 
@@ -454,6 +458,25 @@ def validate_folder(folder: Folder, *, code_list: CodeList | None = None) -> lis
     return errors
 
 
+def validate_association(association: Association, *, code_list: CodeList | None = None) -> list[RegistryError]:
+    """Attribute rules for one Association: its entryUUID and its Association Documentation.
+
+    ITI TF-3 4.2.2: a relationship (RPLC, APND, XFRM, XFRM_RPLC, signs, IsSnapshotOf) may document
+    its reason with coded values (classification scheme ASSOCIATION_DOCUMENTATION); a HasMember
+    association may not.
+    """
+    errors: list[RegistryError] = []
+    r = _Report(errors, association)
+    _check_entry_uuid(r, association.entry_uuid)
+    if association.documentation and association.type == _HAS_MEMBER:
+        r.add(f"a HasMember association cannot carry Association Documentation (classificationScheme "
+              f"{v.ASSOCIATION_DOCUMENTATION}); only document relationships can")
+    else:
+        for code in association.documentation:
+            _check_code(r, "associationDocumentation", code, code_list, "associationDocumentation")
+    return errors
+
+
 # --- package-level rules ---------------------------------------------------------------------------
 
 
@@ -465,8 +488,8 @@ def validate_submission(
 ) -> list[RegistryError]:
     """All errors and warnings of one submission (ITI-42, or ITI-41 with the flag off); never raises.
 
-    Extra metadata slots whose names start with ``urn:`` are legal and not reported here (see
-    :func:`strip_extra_metadata`); slots with other names the standard does not define are errors.
+    Extra metadata slots (names starting with ``urn:`` but not ``urn:ihe:``) are legal and kept;
+    slots with other names the standard does not define are errors (:func:`validate_slot_names`).
     """
     errors: list[RegistryError] = []
     ss = package.submission_set
@@ -480,7 +503,7 @@ def validate_submission(
     for folder in package.folders:
         errors += validate_folder(folder, code_list=code_list)
     for association in package.associations:
-        _check_entry_uuid(_Report(errors, association), association.entry_uuid)
+        errors += validate_association(association, code_list=code_list)
     errors += validate_uniqueness(package)
     errors += validate_associations(package)
     errors += validate_patient_ids(package)
@@ -612,56 +635,43 @@ def _check_submission_set_member(
 
 
 def validate_slot_names(package: SubmissionPackage) -> list[RegistryError]:
-    """Extra slots not starting with ``urn:`` must be names the standard defines for the object."""
+    """Slots the model does not name must be defined for the object or be extra metadata.
+
+    ITI TF-3 4.1.14: extra metadata is a Slot whose name begins with ``urn:``; names in IHE's own
+    ``urn:ihe:`` namespace that XDS does not define are refused, as are other undefined names.
+    Extra metadata must fit ebRIM's Slot (name and each value at most 256 characters), and one
+    object has one Slot of a name.
+    """
     errors: list[RegistryError] = []
     for obj in package.objects():
         if not obj.extra_slots:
             continue
         defined = DEFINED_SLOTS.get(type(obj), frozenset())
+        kind = _KIND.get(type(obj), type(obj).__name__)
+        seen: set[str] = set()
         for slot in obj.extra_slots:
+            r = _Report(errors, obj)
             if not slot.name:
-                _Report(errors, obj).add("has a Slot without a name")
-            elif not slot.name.startswith("urn:") and slot.name not in defined:
-                _Report(errors, obj).add(
-                    f"slot '{slot.name}' is not defined for a {_KIND.get(type(obj), type(obj).__name__)}; "
-                    "extra metadata slot names must begin with 'urn:'"
-                )
+                r.add("has a Slot without a name")
+                continue
+            if slot.name in seen:
+                r.add(f"has more than one Slot named '{slot.name}' (a Slot name is unique within its object)")
+                continue
+            seen.add(slot.name)
+            if slot.name in defined:
+                continue
+            if not slot.name.startswith("urn:"):
+                r.add(f"slot '{slot.name}' is not defined for a {kind}; extra metadata slot names must begin "
+                      "with 'urn:'")
+            elif slot.name.startswith(IHE_SLOT_PREFIX):
+                r.add(f"slot '{slot.name}' is not defined for a {kind}: names beginning with '{IHE_SLOT_PREFIX}' "
+                      "are reserved to IHE and cannot be extra metadata (ITI TF-3 4.1.14)")
+            elif len(slot.name) > SLOT_NAME_MAX_LENGTH:
+                r.add(f"extra metadata slot name '{slot.name[:40]}...' is longer than {SLOT_NAME_MAX_LENGTH} "
+                      "characters")
+            else:
+                for n, value in enumerate(slot.values, start=1):
+                    if len(value) > SLOT_VALUE_MAX_LENGTH:
+                        r.add(f"extra metadata slot '{slot.name}' value #{n} is {len(value)} characters long; "
+                              f"a Slot value holds at most {SLOT_VALUE_MAX_LENGTH}")
     return errors
-
-
-def strip_extra_metadata(package: SubmissionPackage) -> tuple[SubmissionPackage, list[RegistryError]]:
-    """Remove extra metadata (``urn:`` slots the standard does not define) the registry does not save.
-
-    ITI TF-3 4.1.14 (TF 8 numbering) lets a registry ignore extra metadata if it says so with an
-    XDSExtraMetadataNotSaved warning, one per object and slot. Returns the package unchanged (the
-    same object) when there is nothing to strip, else a copy with the slots removed; the input is
-    never modified. Undefined names without ``urn:`` are errors, reported by validate_submission.
-    """
-    warnings: list[RegistryError] = []
-    ss = _strip(package.submission_set, warnings)
-    documents = [_strip(de, warnings) for de in package.documents]
-    folders = [_strip(f, warnings) for f in package.folders]
-    associations = [_strip(a, warnings) for a in package.associations]
-    if not warnings:
-        return package, warnings
-    return SubmissionPackage(ss, documents, folders, associations), warnings
-
-
-def _strip(obj: _T, warnings: list[RegistryError]) -> _T:
-    """``obj`` without its unsaved extra metadata slots (the same object when it has none)."""
-    if not obj.extra_slots:
-        return obj
-    defined = DEFINED_SLOTS.get(type(obj), frozenset())
-    keep = []
-    for slot in obj.extra_slots:
-        if slot.name and slot.name.startswith("urn:") and slot.name not in defined:
-            warnings.append(warning(
-                EXTRA_METADATA_NOT_SAVED,
-                f"{describe(obj)}: extra metadata slot '{slot.name}' is not saved by this registry",
-                obj.entry_uuid or None,
-            ))
-        else:
-            keep.append(slot)
-    if len(keep) == len(obj.extra_slots):
-        return obj
-    return dataclasses.replace(obj, extra_slots=keep)

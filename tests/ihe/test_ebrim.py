@@ -443,6 +443,8 @@ def full_association(kind: AssociationType = AssociationType.HAS_MEMBER) -> Asso
         submission_set_status="Original",
         original_status=v.STATUS_SUBMITTED,
         new_status=v.STATUS_APPROVED,
+        documentation=[] if kind == AssociationType.HAS_MEMBER else [
+            Code("CORR", "1.3.6.1.4.1.21367.2026.9", LocalizedString("Correction", "en-GB")), Code("X", "S")],
     )
 
 
@@ -588,3 +590,21 @@ def test_spliced_query_response_is_valid_against_query_xsd(schemas):
     ).encode() + ebrim.registry_object_list_bytes(ebrim.object_fragment(o) for o in FULL_OBJECTS) + \
         b"</query:AdhocQueryResponse>"
     schemas["query"].assertValid(etree.fromstring(response))
+
+
+def test_association_documentation_is_read_nested_or_top_level():
+    """NIST-shaped: the Association Documentation classification inside the Association, or beside it."""
+    built = m.submit_objects_request(PID, replaces=m.new_uuid(), relationship="APND")
+    nested = (f'<rim:Classification id="c1" classificationScheme="{v.ASSOCIATION_DOCUMENTATION}" '
+              'classifiedObject="Association02" nodeRepresentation="ADD"><rim:Slot name="codingScheme">'
+              '<rim:ValueList><rim:Value>1.2.3</rim:Value></rim:ValueList></rim:Slot><rim:Name>'
+              '<rim:LocalizedString value="Addendum"/></rim:Name></rim:Classification>')
+    for xml in (built.xml.replace(b"</rim:Association></rim:RegistryObjectList>",
+                                  nested.encode() + b"</rim:Association></rim:RegistryObjectList>"),
+                built.xml.replace(b"</rim:RegistryObjectList>", nested.encode() + b"</rim:RegistryObjectList>")):
+        pkg = read(xml)
+        apnd = next(a for a in pkg.associations if a.type == AssociationType.APND)
+        assert apnd.documentation == [Code("ADD", "1.2.3", LocalizedString("Addendum"))]
+        written = ebrim.object_fragment(apnd)
+        assert v.ASSOCIATION_DOCUMENTATION.encode() in written
+        assert ebrim.read_registry_objects(ebrim.write_registry_object_list([apnd])) == [apnd]

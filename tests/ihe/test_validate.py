@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ihe.errors import SEVERITY_WARNING, RegistryError
+from ihe.errors import RegistryError
 from ihe.metadata import vocabulary as v
 from ihe.metadata.codes import CodeList, load_code_list
 from ihe.metadata.model import (
@@ -34,7 +34,6 @@ from ihe.metadata.validate import (
     document_unique_id_problem,
     is_dtm,
     is_oid,
-    strip_extra_metadata,
     validate_document_entry,
     validate_folder,
     validate_submission,
@@ -46,7 +45,6 @@ from ihe.metadata.validate import (
 
 MD = "XDSRegistryMetadataError"
 PID_MISMATCH = "XDSPatientIdDoesNotMatch"
-EXTRA = "XDSExtraMetadataNotSaved"
 
 AUTHORITY = "1.3.6.1.4.1.21367.13.20.1000"
 PATIENT = Identifiable("P20240105", AUTHORITY)
@@ -605,35 +603,18 @@ def test_relationship_shapes(source: str, target: str, fragment: str) -> None:
 # --- extra metadata -----------------------------------------------------------------------------------------
 
 
-def test_strip_extra_metadata_removes_unknown_urn_slots_with_a_warning() -> None:
+def test_extra_metadata_is_legal_and_kept() -> None:
+    """ITI TF-3 4.1.14: urn: slots XDS does not define are extra metadata, which this registry saves."""
     package = replace_document(valid_package(), 1, extra_slots=[
         Slot("urn:acuo:studyInstanceUid", ["1.2.3.4"]),
         Slot("urn:ihe:iti:xds:2013:referenceIdList", ["x^^^&1.2&ISO^urn:ihe:iti:xds:2013:accession"]),
         Slot("documentAvailability", ["urn:ihe:iti:2010:DocumentAvailability:Online"]),
+        Slot("urn:acme:empty", []),
+        Slot("urn:acme:long", ["v" * 256]),
     ])
     package.associations[3] = dataclasses.replace(package.associations[3], extra_slots=[
         Slot("urn:acme:order", ["1"]), Slot("PreviousVersion", ["1"])])
-
-    stripped, warnings = strip_extra_metadata(package)
-
-    assert len(warnings) == 2
-    w = matching(warnings, EXTRA, "DocumentEntry Document02 (uniqueId 1.3.6.1.4.1.21367.2024.99.2)",
-                 "extra metadata slot 'urn:acuo:studyInstanceUid' is not saved", location="Document02")
-    assert w.severity == SEVERITY_WARNING and not w.is_error
-    matching(warnings, EXTRA, "Association Association04 (HasMember Folder01 -> Document02)", "'urn:acme:order'")
-    assert [s.name for s in stripped.documents[1].extra_slots] == [
-        "urn:ihe:iti:xds:2013:referenceIdList", "documentAvailability"]
-    assert [s.name for s in stripped.associations[3].extra_slots] == ["PreviousVersion"]
-    # the input is untouched, unchanged objects are shared
-    assert len(package.documents[1].extra_slots) == 3
-    assert stripped.documents[0] is package.documents[0]
-    assert validate_submission(stripped) == []
-
-
-def test_strip_extra_metadata_without_extras_returns_the_same_package() -> None:
-    package = valid_package()
-    stripped, warnings = strip_extra_metadata(package)
-    assert stripped is package and warnings == []
+    assert validate_submission(package) == []
 
 
 @pytest.mark.parametrize("obj", ["SubmissionSet", "Folder"])
@@ -645,7 +626,64 @@ def test_urn_extra_slots_are_legal_for_the_validator(obj: str) -> None:
     else:
         package.folders = [dataclasses.replace(package.folders[0], extra_slots=slots)]
     assert validate_submission(package) == []
-    assert len(strip_extra_metadata(package)[1]) == 1
+
+
+@pytest.mark.parametrize("where", ["document", "submission_set", "folder", "association"])
+def test_undefined_urn_ihe_slot_names_are_metadata_errors(where: str) -> None:
+    """urn:ihe: is IHE's namespace: a name there XDS does not define is refused, not kept as extra metadata
+    (ITI TF-3 4.1.14; the NIST registry refuses it too)."""
+    package = valid_package()
+    # referenceIdList is defined for DocumentEntries only.
+    slots = [Slot("urn:ihe:iti:xds:2099:madeUp" if where == "document" else "urn:ihe:iti:xds:2013:referenceIdList",
+                  ["x"])]
+    if where == "document":
+        package = replace_document(package, 0, extra_slots=slots)
+    elif where == "submission_set":
+        package.submission_set = dataclasses.replace(package.submission_set, extra_slots=slots)
+    elif where == "folder":
+        package.folders = [dataclasses.replace(package.folders[0], extra_slots=slots)]
+    else:
+        package.associations[0] = dataclasses.replace(package.associations[0], extra_slots=slots)
+    single(validate_submission(package), MD, f"slot '{slots[0].name}' is not defined", "reserved to IHE")
+
+
+def test_extra_metadata_must_fit_an_ebrim_slot() -> None:
+    package = replace_document(valid_package(), 0, extra_slots=[Slot("urn:acme:big", ["ok", "v" * 257])])
+    single(validate_submission(package), MD, "Document01", "slot 'urn:acme:big' value #2 is 257 characters",
+           location="Document01")
+    package = replace_document(valid_package(), 0, extra_slots=[Slot("urn:" + "n" * 253, ["x"])])
+    single(validate_submission(package), MD, "Document01", "longer than 256 characters")
+    package = replace_document(valid_package(), 0, extra_slots=[Slot("urn:acme:x", ["1"]), Slot("urn:acme:x", ["2"])])
+    single(validate_submission(package), MD, "Document01", "more than one Slot named 'urn:acme:x'")
+
+
+# --- association documentation --------------------------------------------------------------------------------
+
+REASON = code("CORR", "1.3.6.1.4.1.21367.2026.9", "Correction")
+
+
+def test_association_documentation_on_relationships_is_valid() -> None:
+    package = valid_package()
+    package.associations[5] = dataclasses.replace(package.associations[5], documentation=[REASON])
+    assert validate_submission(package) == []
+
+
+def test_association_documentation_on_has_member_is_a_metadata_error() -> None:
+    package = valid_package()
+    package.associations[3] = dataclasses.replace(package.associations[3], documentation=[REASON])
+    single(validate_submission(package), MD, "Association Association04 (HasMember Folder01 -> Document02)",
+           "cannot carry Association Documentation", location="Association04")
+
+
+def test_association_documentation_codes_are_checked() -> None:
+    package = valid_package()
+    package.associations[5] = dataclasses.replace(package.associations[5], documentation=[
+        code("CORR", "1.2.3", None)])
+    single(validate_submission(package), MD, "Association06", "associationDocumentation 'CORR'", "no display name")
+    package.associations[5] = dataclasses.replace(package.associations[5], documentation=[REASON])
+    listed = CodeList.from_mapping({"associationDocumentation": {"codes": [{"code": "ADD", "scheme": "1.2.3"}]}})
+    single(validate_submission(package, code_list=listed), MD, "Association06",
+           "associationDocumentation 'CORR' in scheme '1.3.6.1.4.1.21367.2026.9' is not in")
 
 
 @pytest.mark.parametrize(
@@ -671,7 +709,6 @@ def test_undefined_slot_names_without_urn_are_metadata_errors(where: str, name: 
         package.associations[0] = dataclasses.replace(package.associations[0], extra_slots=slots)
     single(validate_submission(package), MD, fragment, f"slot '{name}' is not defined for a",
            "must begin with 'urn:'")
-    assert strip_extra_metadata(package)[1] == []  # not an extra-metadata warning: it is an error
 
 
 # --- code list ----------------------------------------------------------------------------------------------
@@ -732,7 +769,7 @@ def test_bare_objects_give_findings_not_exceptions() -> None:
         [Folder(entry_uuid="Folder01")],
         [Association(entry_uuid="Association01", type=None, source_uuid=None, target_uuid=None)],
     )
-    errors = validate_submission(package) + strip_extra_metadata(package)[1]
+    errors = validate_submission(package)
     attributes = ("classCode", "creationTime", "mimeType", "sourcePatientId", "submissionTime", "sourceId", "codeList")
     for attribute in attributes:
         matching(errors, MD, f"required attribute {attribute} is missing")

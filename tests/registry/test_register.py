@@ -26,7 +26,7 @@ from ihe.errors import (
 )
 from ihe.metadata import vocabulary as v
 from ihe.metadata.model import Identifiable, datetime_to_dtm
-from ihe.namespaces import ACTION_ITI42_RESPONSE, RS, SOAP12, WSA, qn
+from ihe.namespaces import ACTION_ITI42_RESPONSE, RIM, RS, SOAP12, WSA, qn
 from ihe.soap import SoapFault, parse_envelope, parse_fault
 from ihe.xml import parse_xml
 from registry import register, store
@@ -185,13 +185,21 @@ async def test_pre_assigned_entry_uuids_are_kept(client, conn):
     assert urn((await entry(conn, built.document_unique_id))["id"]) == built.document_id
 
 
-async def test_extra_metadata_is_dropped_with_a_warning(client, conn):
+async def test_extra_metadata_is_saved_without_a_warning(client, conn):
     pid = await known_patient(conn)
     outcome, built = await client.register(pid, extra_slots={"urn:example:hospital:ward": ["Radiology 2"]})
-    assert outcome.status == STATUS_SUCCESS and outcome.codes == []
-    warning = outcome.error(ErrorCode.EXTRA_METADATA_NOT_SAVED)
-    assert not warning.is_error and "urn:example:hospital:ward" in warning.context
-    assert "urn:example:hospital:ward" not in (await entry(conn, built.document_unique_id))["ebrim"]
+    assert (outcome.status, outcome.errors) == (STATUS_SUCCESS, [])
+    stored = parse_xml((await entry(conn, built.document_unique_id))["ebrim"].encode())
+    slots = {s.get("name"): [x.text for x in s.iter(f"{{{RIM}}}Value")] for s in stored.iter(f"{{{RIM}}}Slot")}
+    assert slots["urn:example:hospital:ward"] == ["Radiology 2"]
+
+
+async def test_undefined_urn_ihe_slots_are_refused_and_nothing_stored(client, conn):
+    pid = await known_patient(conn)
+    outcome, _ = await client.register(pid, extra_slots={"urn:ihe:iti:xds:2099:ward": ["Radiology 2"]})
+    assert outcome.status == STATUS_FAILURE and outcome.codes == [ErrorCode.REGISTRY_METADATA_ERROR]
+    assert "urn:ihe:iti:xds:2099:ward" in outcome.errors[0].context
+    assert set((await counts(conn)).values()) == {0}
 
 
 # --- patients ----------------------------------------------------------------------------------
@@ -251,6 +259,20 @@ async def test_same_document_unique_id_with_another_hash_is_refused(client, conn
     assert built.document_unique_id in outcome.errors[0].context
     assert "Document02" in outcome.errors[0].context  # named as the submitter named it
     assert await counts(conn) == stored_before  # the other document was not stored either
+
+
+async def test_same_document_unique_id_and_hash_with_another_size_is_refused(client, conn):
+    pid = await known_patient(conn)
+    _, built = await client.register(pid)
+    stored_before = await counts(conn)
+    outcome, _ = await client.register(pid, document_unique_ids=[built.document_unique_id],
+                                       hashes=[built.document_hashes[0]], sizes=[built.document_sizes[0] + 1])
+    assert outcome.status == STATUS_FAILURE and outcome.codes == [ErrorCode.NON_IDENTICAL_SIZE]
+    context = outcome.errors[0].context
+    assert built.document_unique_id in context and f"size {built.document_sizes[0]}" in context
+    assert await counts(conn) == stored_before
+    assert await conn.fetchval("SELECT size FROM unique_id_claim WHERE unique_id = $1",
+                               built.document_unique_id) == built.document_sizes[0]
 
 
 async def test_reused_submission_set_and_folder_unique_ids_are_duplicates(client, conn):

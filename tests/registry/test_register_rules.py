@@ -20,6 +20,7 @@ from registry.register import (
     fragment_with_status,
     in_submitted_ids,
     preassigned_ids,
+    replacement_folder_memberships,
     submitted_ids,
     with_folder_times,
 )
@@ -189,6 +190,39 @@ def test_unique_id_rules():
     errors = check_unique_ids(pkg, sets)
     assert codes(errors) == [ErrorCode.DUPLICATE_UNIQUE_ID_IN_REGISTRY] * 2
     assert built.submission_set_unique_id in errors[0].context and built.folder_unique_id in errors[1].context
+
+
+def test_same_unique_id_with_another_size_is_non_identical_size():
+    built, submitted = read(hashes=["ab" * 20], sizes=[100])
+    pkg = assign_entry_uuids(submitted)
+    uid, old = built.document_unique_id, new_uuid()
+    assert check_unique_ids(pkg, {uid: UniqueIdClaim(uid, old, "DocumentEntry", "ab" * 20, 100)}) == []
+    [e] = check_unique_ids(pkg, {uid: UniqueIdClaim(uid, old, "DocumentEntry", "ab" * 20, 101)})
+    assert e.code == ErrorCode.NON_IDENTICAL_SIZE and uid in e.context and "size 101" in e.context
+    assert "size 100" in e.context and e.location == pkg.documents[0].entry_uuid
+    both = check_unique_ids(pkg, {uid: UniqueIdClaim(uid, old, "DocumentEntry", "cd" * 20, 7)})
+    assert codes(both) == [ErrorCode.NON_IDENTICAL_HASH, ErrorCode.NON_IDENTICAL_SIZE]
+    # A claim from before sizes were kept (size unknown) decides by hash alone.
+    assert check_unique_ids(pkg, {uid: UniqueIdClaim(uid, old, "DocumentEntry", "ab" * 20, None)}) == []
+
+
+@pytest.mark.parametrize("relationship", ["RPLC", "XFRM_RPLC"])
+def test_a_replacement_joins_the_folders_of_the_original(relationship):
+    original, folder_a, folder_b, unrelated = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    _, submitted = read(replaces=original, relationship=relationship, existing_folder=folder_b)
+    pkg = assign_entry_uuids(submitted)
+    ss, replacement = pkg.submission_set.entry_uuid, pkg.documents[0].entry_uuid
+    ids = iter(uuid.UUID(int=i) for i in range(1, 10))
+    added = replacement_folder_memberships(
+        pkg, [(folder_b, original), (folder_a, original), (folder_a, unrelated)], lambda: next(ids))
+    # folder_b already gets the replacement from the submission itself: only folder_a is added.
+    assert [(a.type, a.source_uuid, a.target_uuid) for a in added] == [
+        (v.HAS_MEMBER, folder_a, replacement), (v.HAS_MEMBER, ss, added[0].entry_uuid)]
+    assert added[0].entry_uuid == f"urn:uuid:{uuid.UUID(int=1)}" and added[0].logical_uuid == added[0].entry_uuid
+    assert all(a.status is AvailabilityStatus.APPROVED and a.version == "1" for a in added)
+    assert replacement_folder_memberships(pkg, [(folder_a, unrelated)]) == []
+    _, appended = read(replaces=original, relationship="APND")
+    assert replacement_folder_memberships(assign_entry_uuids(appended), [(folder_a, original)]) == []
 
 
 def test_errors_name_the_ids_the_submitter_sent():

@@ -447,8 +447,14 @@ async def test_get_all(registry):
     assert answer.ids(DocumentEntry) == {*first.document_ids, *second.document_ids}
     assert answer.ids(SubmissionSet) == {first.submission_set_id, second.submission_set_id}
     assert answer.ids(Folder) == {first.folder_id}
-    # Every association of both submissions: HasMembers (also SS -> (Folder -> Document)) and the RPLC.
-    assert answer.ids(Association) == set(first.associations) | set(second.associations)
+    # Every association of both submissions: HasMembers (also SS -> (Folder -> Document)) and the RPLC,
+    # and the two the registry added because the replaced document was in the folder (ITI TF-3 4.2.2.2.3).
+    sent = set(first.associations) | set(second.associations)
+    assert answer.ids(Association) >= sent
+    made = {(a.source_uuid, a.target_uuid) for a in answer.of(Association) if a.entry_uuid not in sent}
+    folder_link = next(a.entry_uuid for a in answer.of(Association) if (a.source_uuid, a.target_uuid) == (
+        first.folder_id, second.document_id))
+    assert made == {(first.folder_id, second.document_id), (second.submission_set_id, folder_link)}
 
     approved_only = await query(registry, m.GET_ALL, {**params, "$XDSDocumentEntryStatus": in_list(APPROVED)})
     replaced = first.document_ids[0]
