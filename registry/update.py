@@ -483,7 +483,10 @@ async def _update(conn, registry, submitted: SubmissionPackage, assigned: Submis
     latest: dict[str, Version] = {}
     for kind in (KIND_DOCUMENT_ENTRY, KIND_FOLDER):
         lids = [op.lid for op in ops.versions if op.kind == kind]
-        latest.update(await update_store.lock_latest(conn, kind, lids))
+        found = await update_store.lock_latest(conn, kind, lids)
+        if len(found) < len(lids):  # a concurrent update may have committed a newer version while we waited:
+            found |= await update_store.lock_latest(conn, kind, set(lids) - set(found))  # a new statement sees it
+        latest.update(found)
     errors += check_versions(submitted, ops, latest)
 
     referenced = {c.target for c in ops.status_changes}

@@ -7,6 +7,7 @@ the tables themselves, so "nothing changed" after a refused request is checked, 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import aiohttp
@@ -189,6 +190,8 @@ async def test_new_version_of_a_folder(client):
     # its document came along
     contents = await client.query(m.GET_FOLDER_AND_CONTENTS, {"$XDSFolderEntryUUID": m.quoted(v2.entry_uuid)})
     assert {e.unique_id for e in contents if isinstance(e, DocumentEntry)} == set(built.document_unique_ids)
+    every = await client.query(m.GET_FOLDERS, {"$XDSFolderLogicalID": m.in_list(v1.entry_uuid), "$MetadataLevel": "2"})
+    assert {(f.version, f.status) for f in every} == {("1", DEPRECATED), ("2", APPROVED)}
     rows = await client.rows("folder", built.folder_unique_id)
     assert [(r["version"], r["latest"], r["status"]) for r in rows] == [(1, False, DEPRECATED), (2, True, APPROVED)]
 
@@ -364,3 +367,15 @@ async def test_a_status_change_and_a_new_version_of_one_object_together(client):
     assert outcome.status == STATUS_SUCCESS, outcome.errors
     rows = await client.rows("document_entry", built.document_unique_id)
     assert [(r["version"], r["latest"], r["status"]) for r in rows] == [(1, False, DEPRECATED), (2, True, DEPRECATED)]
+
+
+async def test_concurrent_updates_of_one_version_let_one_in(client):
+    pid, built, v1 = await registered_document(client)
+    requests = [u.new_document_version(pid, v1.entry_uuid, "1", built.document_unique_id, title=f"Edit {i}")
+                for i in range(4)]
+    outcomes = await asyncio.gather(*(client.update(r) for r in requests))
+    assert sorted(o.status for o in outcomes).count(STATUS_SUCCESS) == 1, [o.errors for o in outcomes]
+    assert all(o.codes == ["XDSMetadataVersionError"] for o in outcomes if o.status != STATUS_SUCCESS), \
+        [o.errors for o in outcomes]
+    rows = await client.rows("document_entry", built.document_unique_id)
+    assert [(r["version"], r["latest"]) for r in rows] == [(1, False), (2, True)]
