@@ -125,6 +125,10 @@ def canonical_uuid(value: str | None) -> str | None:
         return None
 
 
+def _same_id(a: str, b: str) -> bool:
+    return (canonical_uuid(a) or a) == (canonical_uuid(b) or b)
+
+
 def _slot(assoc: Association, name: str) -> list[str] | None:
     for slot in assoc.extra_slots:
         if slot.name == name:
@@ -161,8 +165,7 @@ def plan_operations(package: SubmissionPackage) -> Operations:
     def fail(code: str, context: str, location: str | None) -> None:
         errors.append(error(code, context, location))
 
-    if ss.logical_uuid and canonical_uuid(ss.logical_uuid) != canonical_uuid(ss.entry_uuid) \
-            and ss.logical_uuid != ss.entry_uuid:
+    if ss.logical_uuid and not _same_id(ss.logical_uuid, ss.entry_uuid):
         fail(UPDATE_ERROR, f"SubmissionSet {ss.entry_uuid}: a SubmissionSet cannot be updated (its logicalID "
                            f"{ss.logical_uuid} differs from its entryUUID); every update is a new SubmissionSet",
              ss.entry_uuid)
@@ -175,7 +178,7 @@ def plan_operations(package: SubmissionPackage) -> Operations:
                       *((KIND_FOLDER, f) for f in package.folders)]:
         where = f"{kind} {obj.entry_uuid}"
         lid = canonical_uuid(obj.logical_uuid)
-        if not obj.logical_uuid or obj.logical_uuid == obj.entry_uuid or lid == canonical_uuid(obj.entry_uuid):
+        if not obj.logical_uuid or _same_id(obj.logical_uuid, obj.entry_uuid):
             fail(UPDATE_ERROR, f"{where} is an initial version (no logicalID other than its entryUUID): Update "
                                "Document Set submits new versions of registered objects only; register new objects "
                                "with Register Document Set-b", obj.entry_uuid)
@@ -187,16 +190,16 @@ def plan_operations(package: SubmissionPackage) -> Operations:
             fail(UPDATE_ERROR, f"{where}: two new versions of logicalID {lid} in one request", obj.entry_uuid)
             continue
         lids.add(lid)
-        member = members[obj.entry_uuid]  # the validator made every object a member of the SubmissionSet
-        previous = _slot(member, PREVIOUS_VERSION)
+        member = members.get(obj.entry_uuid)  # the validator made every object a member of the SubmissionSet
+        previous = _slot(member, PREVIOUS_VERSION) if member is not None else None
         if not previous or len(previous) != 1:
-            fail(UPDATE_ERROR, f"{where}: the SubmissionSet's HasMember {member.entry_uuid} needs a PreviousVersion "
-                               "slot with one value, the version this one replaces", obj.entry_uuid)
+            fail(UPDATE_ERROR, f"{where}: the SubmissionSet's HasMember to it needs a PreviousVersion slot with one "
+                               "value, the version this one replaces", obj.entry_uuid)
             continue
         if not previous[0].strip().isdigit():
             fail(UPDATE_ERROR, f"{where}: PreviousVersion {previous[0]!r} is not a version number", obj.entry_uuid)
             continue
-        propagation = _slot(member, ASSOCIATION_PROPAGATION)
+        propagation = _slot(member, ASSOCIATION_PROPAGATION)  # type: ignore[arg-type]
         if propagation is not None and (len(propagation) != 1 or propagation[0].lower() not in ("yes", "no")):
             fail(UPDATE_ERROR, f"{where}: AssociationPropagation must be yes or no, not {propagation}",
                  obj.entry_uuid)
@@ -335,6 +338,20 @@ def check_status_changes(
             continue
         apply.append(dataclasses.replace(c, target=replaced.get(c.target, c.target)))
     return errors, apply
+
+
+def check_patients(package: SubmissionPackage, ops: Operations, objects: Mapping[str, Version]) -> list[RegistryError]:
+    """The DocumentEntries and Folders an update changes belong to the SubmissionSet's patient."""
+    expected = patient_id_column(package.submission_set.patient_id)
+    errors = []
+    for where, target in [*((f"Association {c.association}", c.target) for c in ops.status_changes),
+                          *((f"Association {a.entry_uuid}", canonical_uuid(a.source_uuid)) for a in ops.memberships)]:
+        obj = objects.get(target or "")
+        if obj is not None and expected and obj.patient_id != expected:
+            errors.append(error(ErrorCode.PATIENT_ID_RECONCILIATION_ERROR,
+                                f"{where}: {obj.kind} {obj.entry_uuid} belongs to patient {obj.patient_id}, not to "
+                                f"the SubmissionSet's patient {expected}", where.split()[-1]))
+    return errors
 
 
 def check_memberships(
@@ -490,12 +507,13 @@ async def _update(conn, registry, submitted: SubmissionPackage, assigned: Submis
     errors += check_versions(submitted, ops, latest)
 
     referenced = {c.target for c in ops.status_changes}
-    referenced |= {canonical_uuid(x) or x for a in ops.memberships for x in (a.source_uuid, a.target_uuid)}
+    referenced |= {c for a in ops.memberships for x in (a.source_uuid, a.target_uuid) if (c := canonical_uuid(x))}
     objects = await update_store.find_versions(conn, referenced)
     associations = await update_store.find_associations(conn, referenced - set(objects))
     id_of = {old.entry_uuid: new.entry_uuid for old, new in zip(submitted.objects(), assigned.objects(), strict=True)}
     replaced = {latest[op.lid].entry_uuid: id_of[op.entry_uuid] for op in ops.versions if op.lid in latest}
     status_errors, changes = check_status_changes(ops, objects, associations, replaced)
+    status_errors += check_patients(assigned, ops, objects)
     errors += status_errors
     pairs = {(canonical_uuid(a.source_uuid), canonical_uuid(a.target_uuid)) for a in ops.memberships}
     existing = {(m.source, m.target) for m in await update_store.folder_memberships(conn, {p[0] for p in pairs if p[0]})
@@ -517,7 +535,11 @@ async def _update(conn, registry, submitted: SubmissionPackage, assigned: Submis
         row["version"] = numbers[row["id"]]
     versioned_ids = set(numbers)
     rows["claims"] = [c for c in rows["claims"] if c["object_id"] not in versioned_ids]  # uniqueIds stay claimed
-    held = await store.insert_package(conn, rows)
+    try:
+        held = await store.insert_package(conn, rows)
+    except store.EntryUUIDInUse as exc:
+        return [error(ErrorCode.REGISTRY_METADATA_ERROR, f"{exc}; a new version or object needs a new entryUUID",
+                      exc.entry_uuid)]
     if held:
         errors = check_unique_ids(SubmissionPackage(submission_set=package.submission_set),
                                   await store.find_claims(conn, held))

@@ -379,3 +379,20 @@ async def test_concurrent_updates_of_one_version_let_one_in(client):
         [o.errors for o in outcomes]
     rows = await client.rows("document_entry", built.document_unique_id)
     assert [(r["version"], r["latest"]) for r in rows] == [(1, False), (2, True)]
+
+
+async def test_status_change_for_another_patients_document_is_a_reconciliation_error(client):
+    _, _, entry = await registered_document(client)
+    other = await client.patient()
+    await refused(client, u.status_change(other, entry.entry_uuid, APPROVED, DEPRECATED),
+                  "XDSPatientIDReconciliationError")
+
+
+async def test_a_new_version_with_an_entry_uuid_already_used_is_refused(client):
+    pid, built, v1 = await registered_document(client)
+    second = await client.register(pid)
+    [taken] = await client.query(m.GET_DOCUMENTS, {"$XDSDocumentEntryUniqueId": m.in_list(second.document_unique_id)})
+    envelope = u.new_document_version(pid, v1.entry_uuid, "1", built.document_unique_id)
+    outcome = await refused(client, envelope.replace(b'"Document01"', f'"{taken.entry_uuid}"'.encode()),
+                            "XDSRegistryMetadataError")
+    assert outcome.errors[0].location == taken.entry_uuid
