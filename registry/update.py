@@ -148,7 +148,9 @@ def read_update(body: etree._Element, code_list=None) -> tuple[SubmissionPackage
     """
     package = read_submit_objects_request(body)
     changes = [a for a in package.associations if a.type == AssociationType.UPDATE_AVAILABILITY_STATUS]
-    rest = dataclasses.replace(package, associations=[a for a in package.associations if a not in changes])
+    ids = {a.entry_uuid for a in changes}  # a SubmissionSet's HasMember to a change is tolerated, and kept
+    aside = [a for a in package.associations if a.entry_uuid in ids or a.target_uuid in ids]
+    rest = dataclasses.replace(package, associations=[a for a in package.associations if a not in aside])
     problems = validate_submission(rest, code_list=code_list)
     if any(p.is_error for p in problems):
         raise XDSError(problems)

@@ -57,13 +57,17 @@ def new_folder_version(patient_id: str, lid: str, previous_version: str, unique_
 
 
 def status_change(patient_id: str, target: str, original: str | None, new: str | None, *,
-                  source: str = "SubmissionSet01") -> bytes:
-    """A SubmissionSet and one UpdateAvailabilityStatus association to ``target``."""
+                  source: str = "SubmissionSet01", member: bool = False) -> bytes:
+    """A SubmissionSet and one UpdateAvailabilityStatus association to ``target`` (with ``member``,
+    also a HasMember from the SubmissionSet to that association, as some senders add)."""
     built = m.submit_objects_request(patient_id, documents=0)
     slots = "".join(_slot(n, val) for n, val in (("OriginalStatus", original), ("NewStatus", new)) if val)
     assoc = (f'<rim:Association id="StatusChange01" associationType="{UPDATE_AVAILABILITY_STATUS}"'
              f' sourceObject="{source}" targetObject="{target}" objectType="{m.OT_ASSOCIATION}">{slots}'
              "</rim:Association>")
+    if member:
+        assoc += (f'<rim:Association id="StatusChange01Member" associationType="{m.HAS_MEMBER}"'
+                  f' sourceObject="SubmissionSet01" targetObject="StatusChange01" objectType="{m.OT_ASSOCIATION}"/>')
     return envelope(_append(built.xml.decode(), assoc))
 
 

@@ -396,3 +396,10 @@ async def test_a_new_version_with_an_entry_uuid_already_used_is_refused(client):
     outcome = await refused(client, envelope.replace(b'"Document01"', f'"{taken.entry_uuid}"'.encode()),
                             "XDSRegistryMetadataError")
     assert outcome.errors[0].location == taken.entry_uuid
+
+
+async def test_a_submission_set_member_pointing_at_the_status_change_is_tolerated(client):
+    pid, _, entry = await registered_document(client)
+    outcome = await client.update(u.status_change(pid, entry.entry_uuid, APPROVED, DEPRECATED, member=True))
+    assert (outcome.status, outcome.errors) == (STATUS_SUCCESS, [])
+    assert await client.query(m.FIND_DOCUMENTS, find_documents(pid)) == []
