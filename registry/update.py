@@ -474,9 +474,6 @@ async def _run(registry, submitted, assigned, ops, now) -> list[RegistryError]:
                     return [error(ErrorCode.METADATA_VERSION_ERROR, "another update of the same object was "
                                   "committed while this one was processed; nothing was changed, query the latest "
                                   "version and retry")]
-                if exc.constraint_name and exc.constraint_name.endswith("_pkey"):
-                    return [error(ErrorCode.REGISTRY_METADATA_ERROR, f"an entryUUID of this request is already used "
-                                  f"in the registry ({exc.detail}); new objects need new entryUUIDs")]
                 raise
             except BaseException:
                 await _rollback(conn)
@@ -525,6 +522,9 @@ async def _update(conn, registry, submitted: SubmissionPackage, assigned: Submis
         return errors
 
     package = with_folder_times(as_new_versions(assigned, submitted, ops, latest), datetime_to_dtm(now))
+    # memberships to carry over, read while the previous versions are still the latest
+    propagating = {latest[op.lid].entry_uuid: id_of[op.entry_uuid] for op in ops.versions if op.propagate}
+    to_copy = await update_store.folder_memberships(conn, propagating)
     # the previous versions step aside first: one latest row per lid (unique index)
     for kind in (KIND_DOCUMENT_ENTRY, KIND_FOLDER):
         retiring = [latest[op.lid] for op in ops.versions if op.kind == kind]
@@ -549,8 +549,7 @@ async def _update(conn, registry, submitted: SubmissionPackage, assigned: Submis
             return errors
 
     touched: set[str] = {canonical_uuid(a.source_uuid) for a in ops.memberships}  # type: ignore[misc]
-    propagating = {latest[op.lid].entry_uuid: id_of[op.entry_uuid] for op in ops.versions if op.propagate}
-    copies = propagated_memberships(await update_store.folder_memberships(conn, propagating), propagating)
+    copies = propagated_memberships(to_copy, propagating)
     if copies:
         await update_store.insert_associations(conn, [{
             "id": store.bare_uuid(a.entry_uuid), "type": str(a.type), "source": store.bare_uuid(a.source_uuid),
@@ -563,8 +562,8 @@ async def _update(conn, registry, submitted: SubmissionPackage, assigned: Submis
     if errors:
         return errors
     if touched:
-        errors = await _touch_folders(conn, sorted(touched), now)
-    return errors
+        await _touch_folders(conn, sorted(touched), now)
+    return []
 
 
 async def _change_status(conn, c: StatusChange) -> list[RegistryError]:
@@ -581,13 +580,12 @@ async def _change_status(conn, c: StatusChange) -> list[RegistryError]:
                   c.association)]
 
 
-async def _touch_folders(conn, folders: list[str], now: datetime) -> list[RegistryError]:
+async def _touch_folders(conn, folders: list[str], now: datetime) -> None:
     """Folders that gained (or whose members gained) versions get lastUpdateTime = now (ITI TF-3 4.2.3.4)."""
     locked = await store.lock_folders(conn, folders)
     dtm = datetime_to_dtm(now)
     await store.set_folder_last_update(conn, [(o.entry_uuid, fragment_with_last_update_time(o.ebrim, dtm))
                                               for o in locked], now)
-    return []
 
 
 async def _patient_errors(conn, registry, package: SubmissionPackage) -> list[RegistryError]:

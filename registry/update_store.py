@@ -108,13 +108,15 @@ async def find_associations(conn: asyncpg.Connection, entry_uuids: Iterable[str]
 
 
 async def folder_memberships(conn: asyncpg.Connection, entry_uuids: Iterable[str]) -> list[StoredAssociation]:
-    """The Approved Folder->DocumentEntry HasMember associations with any of ``entry_uuids`` at either end."""
+    """The Approved HasMember associations between latest versions of a Folder and a DocumentEntry with any of
+    ``entry_uuids`` at either end."""
     ids = _ids(entry_uuids)
     if not ids:
         return []
     rows = await conn.fetch(
         f"{_ASSOCIATIONS} WHERE a.type = $2 AND a.status = $3"
-        " AND a.source IN (SELECT id FROM folder) AND a.target IN (SELECT id FROM document_entry)"
+        " AND a.source IN (SELECT id FROM folder WHERE latest)"
+        " AND a.target IN (SELECT id FROM document_entry WHERE latest)"
         " AND (a.source = ANY($1::uuid[]) OR a.target = ANY($1::uuid[])) ORDER BY a.seq",
         ids, v.HAS_MEMBER, v.STATUS_APPROVED)
     return [_association(r) for r in rows]

@@ -403,3 +403,23 @@ async def test_a_submission_set_member_pointing_at_the_status_change_is_tolerate
     outcome = await client.update(u.status_change(pid, entry.entry_uuid, APPROVED, DEPRECATED, member=True))
     assert (outcome.status, outcome.errors) == (STATUS_SUCCESS, [])
     assert await client.query(m.FIND_DOCUMENTS, find_documents(pid)) == []
+
+
+async def test_propagation_links_latest_versions_only(client):
+    pid = await client.patient()
+    built = await client.register(pid, folder=True)
+    [folder] = await client.query(m.GET_FOLDERS, {"$XDSFolderUniqueId": m.in_list(built.folder_unique_id)})
+    [entry] = await client.query(m.GET_DOCUMENTS, {"$XDSDocumentEntryUniqueId": m.in_list(built.document_unique_id)})
+    assert (await client.update(u.new_folder_version(pid, folder.entry_uuid, "1", built.folder_unique_id))).status \
+        == STATUS_SUCCESS
+    assert (await client.update(u.new_document_version(pid, entry.entry_uuid, "1", built.document_unique_id))).status \
+        == STATUS_SUCCESS
+    async with client.pool.acquire() as conn:
+        links = await conn.fetch(
+            "SELECT f.version AS folder, d.version AS document FROM association a"
+            " JOIN folder f ON f.id = a.source JOIN document_entry d ON d.id = a.target"
+            " WHERE f.lid = $1::uuid AND a.type = $2 ORDER BY 1, 2", folder.entry_uuid[9:], m.HAS_MEMBER)
+    assert [(r["folder"], r["document"]) for r in links] == [(1, 1), (2, 1), (2, 2)]
+    [v2] = await client.query(m.GET_FOLDERS, {"$XDSFolderUniqueId": m.in_list(built.folder_unique_id)})
+    contents = await client.query(m.GET_FOLDER_AND_CONTENTS, {"$XDSFolderEntryUUID": m.quoted(v2.entry_uuid)})
+    assert [e.version for e in contents if isinstance(e, DocumentEntry)] == ["2"]
