@@ -6,8 +6,8 @@
 -- stored queries return by default, so the filter is a column test rather than a sub-query.
 -- The unique indexes make two concurrent updates of one object unable to both succeed.
 
-UPDATE document_entry SET lid = id, version = 1 WHERE lid IS NULL OR version IS NULL;
-UPDATE folder SET lid = id, version = 1 WHERE lid IS NULL OR version IS NULL;
+-- Existing rows need no change: 001 made lid and version NOT NULL and ITI-42 writes every
+-- object as its own first version (lid = id, version 1), so every row is already the latest.
 
 ALTER TABLE document_entry ADD COLUMN latest boolean NOT NULL DEFAULT true;
 ALTER TABLE folder ADD COLUMN latest boolean NOT NULL DEFAULT true;
