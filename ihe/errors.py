@@ -48,6 +48,11 @@ class ErrorCode(StrEnum):
     UNKNOWN_REPOSITORY_ID = "XDSUnknownRepositoryId"
     UNKNOWN_COMMUNITY = "XDSUnknownCommunity"
     UNAVAILABLE_COMMUNITY = "XDSUnavailableCommunity"
+    # XDS Metadata Update option, ITI-57 (ITI TF-2b 3.57.4.1.3.4)
+    METADATA_UPDATE_ERROR = "XDSMetadataUpdateError"
+    METADATA_UPDATE_OPERATION_ERROR = "XDSMetadataUpdateOperationError"
+    METADATA_VERSION_ERROR = "XDSMetadataVersionError"
+    PATIENT_ID_RECONCILIATION_ERROR = "XDSPatientIDReconciliationError"
 
 
 SEVERITY_ERROR = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"

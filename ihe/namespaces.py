@@ -33,6 +33,8 @@ def qn(ns: str, local: str) -> str:
 # WS-Addressing actions (ITI TF-2 and RAD TF-2).
 ACTION_ITI42 = "urn:ihe:iti:2007:RegisterDocumentSet-b"
 ACTION_ITI42_RESPONSE = "urn:ihe:iti:2007:RegisterDocumentSet-bResponse"
+ACTION_ITI57 = "urn:ihe:iti:2010:UpdateDocumentSet"
+ACTION_ITI57_RESPONSE = "urn:ihe:iti:2010:UpdateDocumentSetResponse"
 ACTION_ITI18 = "urn:ihe:iti:2007:RegistryStoredQuery"
 ACTION_ITI18_RESPONSE = "urn:ihe:iti:2007:RegistryStoredQueryResponse"
 ACTION_ITI41 = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"

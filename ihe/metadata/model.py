@@ -29,6 +29,7 @@ class AssociationType(StrEnum):
     XFRM_RPLC = v.XFRM_RPLC
     SIGNS = v.SIGNS
     IS_SNAPSHOT_OF = v.IS_SNAPSHOT_OF
+    UPDATE_AVAILABILITY_STATUS = v.UPDATE_AVAILABILITY_STATUS
 
 
 class DocumentEntryType(StrEnum):

@@ -57,6 +57,8 @@ XFRM = "urn:ihe:iti:2007:AssociationType:XFRM"
 XFRM_RPLC = "urn:ihe:iti:2007:AssociationType:XFRM_RPLC"
 SIGNS = "urn:ihe:iti:2007:AssociationType:signs"
 IS_SNAPSHOT_OF = "urn:ihe:iti:2010:AssociationType:IsSnapshotOf"
+#: ITI-57 status change (ITI TF-2b 3.57.4.1.3.3.2): only in Update Document Set requests.
+UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 RELATIONSHIP_TYPES = frozenset({RPLC, APND, XFRM, XFRM_RPLC, SIGNS, IS_SNAPSHOT_OF})
 REPLACING_TYPES = frozenset({RPLC, XFRM_RPLC})
 ASSOCIATION_TYPES = RELATIONSHIP_TYPES | {HAS_MEMBER}

@@ -106,6 +106,7 @@ def _find_documents(params: Parameters, sql: Sql, limit: int) -> Statement:
     conditions = [
         f"d.patient_id = ANY({sql.arg(params.get('$XDSDocumentEntryPatientId'), '::text[]')})",
         f"d.status = ANY({sql.arg(params.get('$XDSDocumentEntryStatus'), '::text[]')})",
+        "d.latest",  # ITI-57: older versions only when asked for by logicalID
         *document_filters(sql, "d", params),
     ]
     text = (f"SELECT '{DOCUMENT_ENTRY}' AS kind, d.id, d.patient_id, {sql.ebrim('d')} AS ebrim "
@@ -137,6 +138,7 @@ def _find_folders(params: Parameters, sql: Sql, limit: int) -> Statement:
     conditions = [
         f"f.patient_id = ANY({sql.arg(params.get('$XDSFolderPatientId'), '::text[]')})",
         f"f.status = ANY({sql.arg(params.get('$XDSFolderStatus'), '::text[]')})",
+        "f.latest",
     ]
     if "$XDSFolderLastUpdateTimeFrom" in params:
         conditions.append(f"f.last_update_time >= {sql.arg(params.get('$XDSFolderLastUpdateTimeFrom'))}")
@@ -163,6 +165,7 @@ def _get_all(params: Parameters, sql: Sql, limit: int) -> Statement:
     de_conditions = [
         f"d.patient_id = ANY({patient})",
         f"d.status = ANY({sql.arg(params.get('$XDSDocumentEntryStatus'), '::text[]')})",
+        "d.latest",
         document_type_filter(sql, "d", params),
     ]
     if "$XDSDocumentEntryFormatCode" in params:
@@ -177,7 +180,7 @@ def _get_all(params: Parameters, sql: Sql, limit: int) -> Statement:
         f"ss AS (SELECT s.id, s.patient_id, {sql.ebrim('s')} AS ebrim, s.seq FROM submission_set s "
         f"WHERE s.patient_id = ANY({patient}) AND s.status = ANY({ss_status})), "
         f"fol AS (SELECT f.id, f.patient_id, {sql.ebrim('f')} AS ebrim, f.seq FROM folder f "
-        f"WHERE f.patient_id = ANY({patient}) AND f.status = ANY({fol_status})), "
+        f"WHERE f.patient_id = ANY({patient}) AND f.status = ANY({fol_status}) AND f.latest), "
         "objs AS (SELECT id FROM de UNION ALL SELECT id FROM ss UNION ALL SELECT id FROM fol), "
         f"a1 AS (SELECT a.id, NULL::text AS patient_id, {sql.ebrim('a')} AS ebrim, a.seq FROM association a "
         "WHERE a.source IN (SELECT id FROM objs) AND a.target IN (SELECT id FROM objs)), "
@@ -211,9 +214,15 @@ def _match_ids(sql: Sql, alias: str, params: Parameters, prefix: str) -> str:
         arg = sql.arg(value, f"::{cast}[]" if isinstance(value, list) else f"::{cast}")
         test = f"= ANY({arg})" if isinstance(value, list) else f"= {arg}"
         if column == "unique_id" and prefix != "XDSDocumentEntry":
-            return (f"{alias}.id IN (SELECT c.object_id FROM unique_id_claim c WHERE c.unique_id {test}) "
-                    f"AND {alias}.unique_id {test}")
-        return f"{alias}.{column} {test}"
+            claimed = f"SELECT c.object_id FROM unique_id_claim c WHERE c.unique_id {test}"
+            if prefix == "XDSFolder":  # the claim names the first version; all versions share its lid
+                return (f"{alias}.lid IN (SELECT x.lid FROM folder x WHERE x.id IN ({claimed})) "
+                        f"AND {alias}.latest AND {alias}.unique_id {test}")
+            return f"{alias}.id IN ({claimed}) AND {alias}.unique_id {test}"
+        # ITI-57 versions share lid and uniqueId: the latest one, unless $MetadataLevel 2 asks for all by lid
+        every = column == "lid" and params.get("$MetadataLevel") == 2
+        latest = "" if column == "id" or every else f" AND {alias}.latest"
+        return f"{alias}.{column} {test}{latest}"
     raise AssertionError(f"no {prefix} identifier parameter: the parameter check must have refused the query")
 
 
@@ -324,9 +333,9 @@ def _get_folder_and_contents(params: Parameters, sql: Sql, limit: int) -> Statem
         f"WITH fol AS (SELECT f.id, f.patient_id, {sql.ebrim('f')} AS ebrim, f.seq FROM folder f "
         f"WHERE {_match_ids(sql, 'f', params, 'XDSFolder')}), "
         f"m AS (SELECT {cols}, a.target FROM association a "
-        f"WHERE a.source IN (SELECT id FROM fol) AND a.type = '{v.HAS_MEMBER}'), "
+        f"WHERE a.source IN (SELECT id FROM fol) AND a.type = '{v.HAS_MEMBER}' AND a.status = '{v.STATUS_APPROVED}'), "
         f"de AS (SELECT d.id, d.patient_id, {sql.ebrim('d')} AS ebrim, d.seq FROM document_entry d "
-        f"WHERE d.id IN (SELECT target FROM m) AND {where(_content_filters(sql, params))}) "
+        f"WHERE d.id IN (SELECT target FROM m) AND d.latest AND {where(_content_filters(sql, params))}) "
         + union_of([
             (DOCUMENT_ENTRY, "SELECT * FROM de"),
             (FOLDER, "SELECT * FROM fol"),
@@ -341,7 +350,8 @@ def _get_folders_for_document(params: Parameters, sql: Sql, limit: int) -> State
         f"WITH de AS (SELECT d.id FROM document_entry d WHERE {_match_ids(sql, 'd', params, 'XDSDocumentEntry')}) "
         f"SELECT '{FOLDER}' AS kind, f.id, f.patient_id, {sql.ebrim('f')} AS ebrim FROM folder f "
         f"WHERE f.id IN (SELECT a.source FROM association a WHERE a.target IN (SELECT id FROM de) "
-        f"AND a.type = '{v.HAS_MEMBER}') ORDER BY f.seq LIMIT {sql.arg(limit)}"
+        f"AND a.type = '{v.HAS_MEMBER}' AND a.status = '{v.STATUS_APPROVED}') AND f.latest "
+        f"ORDER BY f.seq LIMIT {sql.arg(limit)}"
     )
     return Statement(text, tuple(sql.args))
 

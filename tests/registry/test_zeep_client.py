@@ -13,6 +13,7 @@ from zeep import Client, Settings
 from zeep.wsa import WsAddressingPlugin
 
 from tests.messages import FIND_DOCUMENTS, TEST_AUTHORITY_OID, new_patient_id, register_request
+from tests.update_messages import DEPRECATED, status_change
 
 RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
@@ -88,3 +89,24 @@ def test_zeep_sees_the_registry_error_for_a_missing_parameter(zeep_registry):
     codes = [e.errorCode for e in response.RegistryErrorList.RegistryError]
     assert codes == ["XDSStoredQueryMissingParam"]
     assert "XDSDocumentEntryPatientId" in response.RegistryErrorList.RegistryError[0].codeContext
+
+
+def test_zeep_deprecates_a_document_with_update_document_set(zeep_registry):
+    """ITI-57 from the WSDL's UpdateDocumentSet operation: zeep sends the status change it was given."""
+    client, registry = zeep_registry
+    patient = new_patient_id()
+    assert "MSA|AA" in send_a01(registry.mllp_port, patient)
+    envelope, _ = register_request(patient)
+    assert SUCCESS.encode() in post(registry.url, envelope)
+    [entry] = [o for o in find_documents(client, {"$XDSDocumentEntryPatientId": [f"'{patient}'"],
+                                                  "$XDSDocumentEntryStatus": [f"('{APPROVED}')"]}
+                                         ).RegistryObjectList._value_1
+               if etree.QName(o).localname == "ExtrinsicObject"]
+    update = etree.fromstring(status_change(patient, entry.get("id"), APPROVED, DEPRECATED))
+    objects = update.find(".//{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}RegistryObjectList")
+    response = client.service.DocumentRegistry_UpdateDocumentSet(RegistryObjectList={"_value_1": list(objects)})
+    assert response.status == SUCCESS
+    after = find_documents(client, {"$XDSDocumentEntryPatientId": [f"'{patient}'"],
+                                    "$XDSDocumentEntryStatus": [f"('{DEPRECATED}')"]})
+    assert [o.get("id") for o in after.RegistryObjectList._value_1
+            if etree.QName(o).localname == "ExtrinsicObject"] == [entry.get("id")]
