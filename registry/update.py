@@ -53,7 +53,7 @@ from ihe.metadata.model import (
     SubmissionPackage,
     datetime_to_dtm,
 )
-from ihe.metadata.validate import strip_extra_metadata, validate_submission
+from ihe.metadata.validate import validate_submission
 from ihe.namespaces import ACTION_ITI57_RESPONSE
 from ihe.soap import FAULT_SENDER, SoapFault, SoapRequest
 from registry import store, update_store
@@ -144,7 +144,7 @@ def read_update(body: etree._Element, code_list=None) -> tuple[SubmissionPackage
     """Read and validate an update request: ``(package, warnings)`` or XDSError.
 
     The status-change associations are set aside while the rest goes through the ITI-42 validator
-    (they are not ITI-42 metadata), then the whole package loses its unsaved extra metadata.
+    (they are not ITI-42 metadata). Extra metadata stays in the package, as in ITI-42.
     """
     package = read_submit_objects_request(body)
     changes = [a for a in package.associations if a.type == AssociationType.UPDATE_AVAILABILITY_STATUS]
@@ -154,8 +154,7 @@ def read_update(body: etree._Element, code_list=None) -> tuple[SubmissionPackage
     problems = validate_submission(rest, code_list=code_list)
     if any(p.is_error for p in problems):
         raise XDSError(problems)
-    package, stripped = strip_extra_metadata(package)
-    return package, [*problems, *stripped]
+    return package, problems
 
 
 def plan_operations(package: SubmissionPackage) -> Operations:
