@@ -48,6 +48,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_REPOSITORY_ID = "XDSUnknownRepositoryId"
     UNKNOWN_COMMUNITY = "XDSUnknownCommunity"
     UNAVAILABLE_COMMUNITY = "XDSUnavailableCommunity"
+    # ITI-62 (ebRS 3.0 exception names, ITI TF-3 Table 4.2.4.1-2)
+    UNRESOLVED_REFERENCE = "UnresolvedReferenceException"
+    REFERENCES_EXIST = "ReferencesExistException"
 
 
 SEVERITY_ERROR = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"

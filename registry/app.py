@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ihe.database import create_pool
 from ihe.http import SoapService, database_health
-from ihe.namespaces import ACTION_ITI18, ACTION_ITI42
+from ihe.namespaces import ACTION_ITI18, ACTION_ITI42, ACTION_ITI62
 from registry.settings import RegistrySettings
 from schemas import migrate
 
@@ -52,6 +52,7 @@ async def open_registry(settings: RegistrySettings, database_url: str) -> Regist
 
 def build_app(registry: Registry) -> web.Application:
     from registry.register import register_document_set
+    from registry.remove_metadata import delete_document_set
     from registry.stored_query import registry_stored_query
 
     async def iti42(request):
@@ -60,7 +61,10 @@ def build_app(registry: Registry) -> web.Application:
     async def iti18(request):
         return await registry_stored_query(registry, request)
 
-    service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18},
+    async def iti62(request):
+        return await delete_document_set(registry, request)
+
+    service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18, ACTION_ITI62: iti62},
                           max_body_bytes=registry.settings.max_body_bytes)
     app = web.Application(client_max_size=registry.settings.max_body_bytes)
     app.router.add_post(REGISTRY_PATH, service.handle)
