@@ -79,7 +79,8 @@ async def _wsdl_or_info(request: web.Request) -> web.StreamResponse:
 
         base = f"{request.scheme}://{request.host}{REGISTRY_PATH}"
         return web.Response(body=registry_wsdl(base), content_type="text/xml")
-    return web.Response(text="XDS.b Document Registry: POST SOAP 1.2 ITI-42 and ITI-18 here; ?wsdl for the WSDL\n")
+    return web.Response(text="XDS.b Document Registry: POST SOAP 1.2 ITI-42, ITI-18 and ITI-62 here; "
+                             "?wsdl for the WSDL\n")
 
 
 async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: bool = True) -> None:
