@@ -296,3 +296,40 @@ async def test_another_body_is_a_soap_fault(registry_service, http):
     status, root = await post(http, registry_service.url, envelope)
     assert status in (400, 500) and root.find(f".//{{{SOAP12}}}Fault") is not None
     assert "RemoveObjectsRequest" in etree.tostring(root).decode()
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+
+async def dangling(conn) -> list:
+    """Associations whose source or target is no registry object."""
+    return await conn.fetch(
+        "SELECT a.id, a.type FROM association a WHERE NOT EXISTS (SELECT 1 FROM ("
+        " SELECT id FROM document_entry UNION ALL SELECT id FROM submission_set UNION ALL SELECT id FROM folder"
+        " UNION ALL SELECT id FROM association) o WHERE o.id = a.source)"
+        " OR NOT EXISTS (SELECT 1 FROM (SELECT id FROM document_entry UNION ALL SELECT id FROM submission_set"
+        " UNION ALL SELECT id FROM folder UNION ALL SELECT id FROM association) o WHERE o.id = a.target)")
+
+
+async def test_a_removal_racing_submissions_that_reference_the_document_never_leaves_one_dangling(
+        registry_service, conn, http):
+    """An addendum (APND: no row of the original is locked by ITI-42) registered while the original is
+    removed: either the removal sees the addendum's Association (ReferencesExistException) or the
+    addendum sees no original (XDSRegistryMetadataError); never both succeed."""
+    import asyncio
+
+    pid = await known_patient(conn)
+    outcomes = set()
+    for _ in range(12):
+        original = await register(http, registry_service.url, pid)
+        addendum_envelope, _ = m.register_request(pid, use_uuids=True, replaces=original.document_id,
+                                                  relationship="APND")
+        removal, (_, addendum) = await asyncio.gather(
+            remove(http, registry_service.url, everything(original)),
+            post(http, registry_service.url, addendum_envelope))
+        added = addendum.find(f".//{{{RS}}}RegistryResponse").get("status") == SUCCESS
+        removed = removal[0] == SUCCESS
+        assert not (added and removed), "both the removal and the addendum succeeded"
+        outcomes.add((added, removed))
+        assert await dangling(conn) == []
+    assert outcomes  # at least one round ran; which side wins each round is up to timing
