@@ -189,3 +189,21 @@ async def test_a_crash_after_the_commit_leaves_the_file_for_recovery(network, tm
             assert key not in blobs(repo.storage_dir)
     finally:
         restarted.stop()
+
+
+async def test_a_removal_racing_a_submission_of_the_same_content_keeps_the_new_document(network):
+    """The blob of the removed document is the blob of a document being stored at the same moment:
+    the new one must stay retrievable whichever finishes first."""
+    import asyncio
+
+    repo = network.repository
+    for _ in range(6):
+        content = os.urandom(4000)
+        [old] = await submit(network, repo.url, [content])
+        (status, _), [new] = await asyncio.gather(remove(repo.url, [(repo.repository_unique_id, old)]),
+                                                  submit(network, repo.url, [content]))
+        assert status == SUCCESS
+        got = await retrieve(repo, [new])
+        assert got.status == SUCCESS and [d.data for d in got.documents] == [content]
+        assert sha256(content) in blobs(repo.storage_dir)
+    assert await releases(network.database_url, repo.repository_unique_id) == set()
