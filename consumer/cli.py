@@ -5,6 +5,7 @@ Subcommands (each registers itself in :data:`SUBCOMMANDS`; add new ones the same
 - ``submit``: ITI-41, send files (PDF, CDA, any MIME type) for a patient, metadata filled in
 - ``retrieve``: ITI-43, fetch documents by uniqueId into a folder
 - ``find``: ITI-18 FindDocuments, list a patient's documents with what ``retrieve`` needs
+- ``remove-metadata`` / ``remove-documents``: ITI-62 at the registry / ITI-86 at a repository
 
 Common settings may come from the environment: ``XDS_CONSUMER_REPOSITORY_URL``,
 ``XDS_CONSUMER_REPOSITORY_UNIQUE_ID``, ``XDS_CONSUMER_SOURCE_ID``, ``XDS_CONSUMER_REGISTRY_URL``.
@@ -237,6 +238,115 @@ def _find(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- remove-metadata / remove-documents ---------------------------------------------------------
+
+
+@subcommand
+def _register_remove_metadata(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("remove-metadata", help="ITI-62: remove registry objects (documents' metadata)",
+                       description="Delete Document Set (Remove Metadata): remove DocumentEntries, SubmissionSets, "
+                                   "Folders and Associations from the registry, all or nothing. With --document the "
+                                   "DocumentEntries of those uniqueIds are removed together with every Association "
+                                   "referencing them (found by ITI-18). The content stays in the repository: see "
+                                   "remove-documents.")
+    p.add_argument("entry_uuids", nargs="*", help="entryUUIDs (urn:uuid:...) of objects to remove")
+    p.add_argument("--document", action="append", default=[], metavar="UNIQUEID",
+                   help="uniqueId of a document whose entry and associations to remove (repeatable)")
+    p.add_argument("--registry", default=_env("REGISTRY_URL"), help="ITI-62/ITI-18 endpoint of the registry "
+                   "[env XDS_CONSUMER_REGISTRY_URL]")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    p.set_defaults(func=_remove_metadata)
+
+
+def _remove_metadata(args: argparse.Namespace) -> int:
+    from consumer.client.query import QueryFailed
+    from consumer.client.remove import document_removal_set, remove_metadata
+
+    if not args.registry:
+        print("xds-consumer remove-metadata: --registry (or XDS_CONSUMER_REGISTRY_URL) is required", file=sys.stderr)
+        return 2
+    if not args.entry_uuids and not args.document:
+        print("xds-consumer remove-metadata: name entryUUIDs or --document uniqueIds to remove", file=sys.stderr)
+        return 2
+
+    async def run():
+        async with SoapClient(timeout=args.timeout) as client:
+            ids, missing = list(args.entry_uuids), []
+            if args.document:
+                found, missing = await document_removal_set(client, args.registry, args.document)
+                ids += [i for i in found if i not in ids]
+            if missing or args.dry_run:
+                return ids, missing, None
+            return ids, missing, await remove_metadata(client, args.registry, ids)
+
+    try:
+        ids, missing, result = asyncio.run(run())
+    except QueryFailed as exc:
+        print("status: Failure")
+        _print_errors(exc.errors)
+        return 1
+    except (TransportError, SoapFaultError) as exc:
+        print(f"xds-consumer remove-metadata: {exc}", file=sys.stderr)
+        return 1
+    if missing:
+        print(f"xds-consumer remove-metadata: the registry holds no document {', '.join(missing)}; nothing removed",
+              file=sys.stderr)
+        return 1
+    if result is None:
+        print("would remove:")
+        for i in ids:
+            print(f"  {i}")
+        return 0
+    print(f"status: {result.status.rsplit(':', 1)[-1]}")
+    if result.ok:
+        for i in ids:
+            print(f"removed {i}")
+    _print_errors(result.errors)
+    return 0 if result.ok else 1
+
+
+@subcommand
+def _register_remove_documents(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("remove-documents", help="ITI-86: delete documents' content at a repository",
+                       description="Remove Documents: ask a repository to delete the content of documents by "
+                                   "uniqueId. Their metadata stays in the registry: see remove-metadata.")
+    p.add_argument("document_ids", nargs="+", help="document uniqueIds")
+    p.add_argument("--repository", default=_env("REPOSITORY_URL"), help="ITI-86 endpoint of the repository "
+                   "[env XDS_CONSUMER_REPOSITORY_URL]")
+    p.add_argument("--repository-id", default=_env("REPOSITORY_UNIQUE_ID"), help="repositoryUniqueId the documents "
+                   "are in [env XDS_CONSUMER_REPOSITORY_UNIQUE_ID]")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    p.set_defaults(func=_remove_documents)
+
+
+def _remove_documents(args: argparse.Namespace) -> int:
+    from consumer.client.remove import remove_documents
+    from consumer.client.retrieve import DocumentRequest
+
+    if not args.repository or not args.repository_id:
+        print("xds-consumer remove-documents: --repository and --repository-id are required", file=sys.stderr)
+        return 2
+    requests = [DocumentRequest(args.repository_id, d) for d in args.document_ids]
+
+    async def run():
+        async with SoapClient(timeout=args.timeout) as client:
+            return await remove_documents(client, args.repository, requests)
+
+    try:
+        result = asyncio.run(run())
+    except (TransportError, SoapFaultError) as exc:
+        print(f"xds-consumer remove-documents: {exc}", file=sys.stderr)
+        return 1
+    print(f"status: {result.status.rsplit(':', 1)[-1]}")
+    failed = {e.location for e in result.errors if e.is_error}
+    for d in args.document_ids:
+        if d not in failed and args.repository_id not in failed:
+            print(f"removed {d}")
+    _print_errors(result.errors)
+    return 0 if result.ok else 1
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -244,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xds-consumer",
         description="Command-line client of the XDS network: submit documents (ITI-41), find a patient's "
-                    "documents (ITI-18), retrieve them (ITI-43). Run 'xds-consumer COMMAND --help' for each command.",
+                    "documents (ITI-18), retrieve them (ITI-43), remove them (ITI-62, ITI-86). Run "
+                    "'xds-consumer COMMAND --help' for each command.",
         epilog="Environment: XDS_CONSUMER_REPOSITORY_URL, XDS_CONSUMER_REPOSITORY_UNIQUE_ID, XDS_CONSUMER_SOURCE_ID, "
                "XDS_CONSUMER_REGISTRY_URL.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -53,6 +53,9 @@ class ErrorCode(StrEnum):
     METADATA_UPDATE_OPERATION_ERROR = "XDSMetadataUpdateOperationError"
     METADATA_VERSION_ERROR = "XDSMetadataVersionError"
     PATIENT_ID_RECONCILIATION_ERROR = "XDSPatientIDReconciliationError"
+    # ITI-62 (ebRS 3.0 exception names, ITI TF-3 Table 4.2.4.1-2)
+    UNRESOLVED_REFERENCE = "UnresolvedReferenceException"
+    REFERENCES_EXIST = "ReferencesExistException"
 
 
 SEVERITY_ERROR = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"

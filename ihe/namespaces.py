@@ -43,3 +43,10 @@ ACTION_ITI43 = "urn:ihe:iti:2007:RetrieveDocumentSet"
 ACTION_ITI43_RESPONSE = "urn:ihe:iti:2007:RetrieveDocumentSetResponse"
 ACTION_RAD69 = "urn:ihe:rad:2009:RetrieveImagingDocumentSet"
 ACTION_RAD69_RESPONSE = "urn:ihe:rad:2009:RetrieveImagingDocumentSetResponse"
+
+# ITI-62 Delete Document Set (Remove Metadata) and ITI-86 Remove Documents (ITI TF-2b 3.62, 3.86).
+RMD = "urn:ihe:iti:rmd:2017"
+ACTION_ITI62 = "urn:ihe:iti:2010:DeleteDocumentSet"
+ACTION_ITI62_RESPONSE = "urn:ihe:iti:2010:DeleteDocumentSetResponse"
+ACTION_ITI86 = "urn:ihe:iti:2017:RemoveDocuments"
+ACTION_ITI86_RESPONSE = "urn:ihe:iti:2017:RemoveDocumentsResponse"

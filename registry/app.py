@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ihe.database import create_pool
 from ihe.http import SoapService, database_health
-from ihe.namespaces import ACTION_ITI18, ACTION_ITI42, ACTION_ITI57
+from ihe.namespaces import ACTION_ITI18, ACTION_ITI42, ACTION_ITI57, ACTION_ITI62
 from registry.settings import RegistrySettings
 from schemas import migrate
 
@@ -52,6 +52,7 @@ async def open_registry(settings: RegistrySettings, database_url: str) -> Regist
 
 def build_app(registry: Registry) -> web.Application:
     from registry.register import register_document_set
+    from registry.remove_metadata import delete_document_set
     from registry.stored_query import registry_stored_query
     from registry.update import update_document_set
 
@@ -64,7 +65,10 @@ def build_app(registry: Registry) -> web.Application:
     async def iti57(request):
         return await update_document_set(registry, request)
 
-    service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18, ACTION_ITI57: iti57},
+    async def iti62(request):
+        return await delete_document_set(registry, request)
+
+    service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18, ACTION_ITI57: iti57, ACTION_ITI62: iti62},
                           max_body_bytes=registry.settings.max_body_bytes)
     app = web.Application(client_max_size=registry.settings.max_body_bytes)
     app.router.add_post(REGISTRY_PATH, service.handle)
@@ -79,7 +83,8 @@ async def _wsdl_or_info(request: web.Request) -> web.StreamResponse:
 
         base = f"{request.scheme}://{request.host}{REGISTRY_PATH}"
         return web.Response(body=registry_wsdl(base), content_type="text/xml")
-    return web.Response(text="XDS.b Document Registry: POST SOAP 1.2 ITI-42/57/18 here; ?wsdl for the WSDL\n")
+    return web.Response(text="XDS.b Document Registry: POST SOAP 1.2 ITI-42, ITI-57, ITI-18 and ITI-62 here; "
+                             "?wsdl for the WSDL\n")
 
 
 async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: bool = True) -> None:

@@ -30,7 +30,14 @@ from ihe.mtom import (
     read_mtom_stream,
     send_mtom_response,
 )
-from ihe.namespaces import ACTION_ITI41, ACTION_ITI41_RESPONSE, ACTION_ITI43, ACTION_ITI43_RESPONSE
+from ihe.namespaces import (
+    ACTION_ITI41,
+    ACTION_ITI41_RESPONSE,
+    ACTION_ITI43,
+    ACTION_ITI43_RESPONSE,
+    ACTION_ITI86,
+    ACTION_ITI86_RESPONSE,
+)
 from ihe.soap import (
     FAULT_RECEIVER,
     FAULT_SENDER,
@@ -99,7 +106,7 @@ async def close_repository(repo: Repository) -> None:
 
 
 class RepositoryEndpoint:
-    """POST handler of ``/repository``: ITI-41 and ITI-43."""
+    """POST handler of ``/repository``: ITI-41, ITI-43 and ITI-86."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
@@ -160,9 +167,16 @@ class RepositoryEndpoint:
                 response, attachments = await retrieve_document_set(self.repo, soap)
                 envelope = build_envelope(ACTION_ITI43_RESPONSE, response, relates_to=relates_to)
                 answer = build_mtom(envelope, attachments, action=ACTION_ITI43_RESPONSE)
+            elif soap.action == ACTION_ITI86:
+                from repository.remove_documents import remove_documents
+
+                response = await remove_documents(self.repo, soap)
+                return soap_response(build_envelope(ACTION_ITI86_RESPONSE, response, relates_to=relates_to),
+                                     action=ACTION_ITI86_RESPONSE)
             else:
                 raise SoapFault(FAULT_SENDER, f"WS-Addressing Action {soap.action!r} is not supported at this "
-                                f"endpoint; supported: {ACTION_ITI41}, {ACTION_ITI43}", WSA_ACTION_NOT_SUPPORTED)
+                                f"endpoint; supported: {ACTION_ITI41}, {ACTION_ITI43}, {ACTION_ITI86}",
+                                WSA_ACTION_NOT_SUPPORTED)
         except SoapFault as fault:
             return _fault(fault, relates_to)
         except MTOMError as exc:
@@ -211,7 +225,7 @@ def build_app(repo: Repository) -> web.Application:
 def _info(repo: Repository):
     async def info(request: web.Request) -> web.Response:
         return web.Response(text=f"XDS.b Document Repository {repo.settings.repository_unique_id}: POST SOAP 1.2 "
-                                 "ITI-41 (MTOM or inline) and ITI-43 here\n")
+                                 "ITI-41 (MTOM or inline), ITI-43 and ITI-86 here\n")
 
     return info
 

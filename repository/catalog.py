@@ -162,3 +162,51 @@ async def claim_repository_id(database_url: str, repository_id: str) -> asyncpg.
         return conn
     await conn.close()
     return None
+
+
+# --- ITI-86 Remove Documents ------------------------------------------------------------------------
+
+
+async def remove_documents(pool: asyncpg.Pool, repository_id: str,
+                           unique_ids: Sequence[str]) -> dict[str, StoredDocument]:
+    """Forget the held documents among ``unique_ids``; returns those removed, by uniqueId.
+
+    One statement (so one transaction) deletes the rows and records their blobs in
+    ``repository_blob_release``; the files go afterwards (:func:`release_blobs`).
+    """
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "WITH gone AS (DELETE FROM repository_document WHERE repository_unique_id = $1"
+            "   AND document_unique_id = ANY($2::text[])"
+            "   RETURNING document_unique_id, content_key, sha1, size, mime_type),"
+            " released AS (INSERT INTO repository_blob_release (repository_unique_id, content_key)"
+            "   SELECT DISTINCT $1, content_key FROM gone ON CONFLICT DO NOTHING)"
+            " SELECT * FROM gone",
+            repository_id, sorted(set(unique_ids)),
+        )
+    return {r["document_unique_id"]: _doc(r) for r in rows}
+
+
+async def release_blobs(pool: asyncpg.Pool, store: DocumentStore, repository_id: str,
+                        keys: Iterable[str] | None = None) -> int:
+    """Delete released blobs (``keys``, default: every one recorded) that nothing references any more.
+
+    Under the store's per-key lock, as in :func:`collect_garbage`: a blob another document or a
+    journaled submission uses stays. The release row goes only after the file, so a crash leaves
+    work for the next round, never a row without its file. Returns the number of files deleted.
+    """
+    async with pool.acquire() as conn:
+        recorded = {r["content_key"] for r in await conn.fetch(
+            "SELECT content_key FROM repository_blob_release WHERE repository_unique_id = $1", repository_id)}
+    deleted = 0
+    for key in sorted(recorded if keys is None else set(keys) & recorded):
+        async with store.lock(key):
+            async with pool.acquire() as conn:
+                referenced = await _is_referenced(conn, repository_id, key)
+            if not referenced:
+                await store.remove(key)
+                deleted += 1
+            async with pool.acquire() as conn:
+                await conn.execute("DELETE FROM repository_blob_release WHERE repository_unique_id = $1"
+                                   " AND content_key = $2", repository_id, key)
+    return deleted

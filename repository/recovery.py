@@ -62,4 +62,10 @@ async def recovery_loop(repo: Repository, interval: float) -> None:
             raise
         except Exception:
             log.exception("recovery round failed")
+        try:  # blobs of documents removed (ITI-86) whose files a crash or an I/O error left behind
+            await catalog.release_blobs(repo.pool, repo.store, repo.settings.repository_unique_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("releasing removed documents' blobs failed")
         await asyncio.sleep(interval)
