@@ -42,6 +42,7 @@ class ParamSpec:
     multiple: bool = False  # several values, ORed
     and_or: bool = False  # several Slots of this name, ANDed (implies multiple)
     allowed: frozenset[str] | None = None  # literal values allowed, when the TF restricts them
+    namespace: str | None = None  # every value must start with this (e.g. the ebRIM StatusType URN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,8 @@ def _convert(spec: ParamSpec, item: Scalar) -> Any:
             value = parse_urn_uuid(item.text)
     if spec.allowed is not None and item.text not in spec.allowed:
         raise ValueError(f"{item.text!r} is not one of {', '.join(sorted(spec.allowed))}")
+    if spec.namespace is not None and not item.text.startswith(spec.namespace):
+        raise ValueError(f"{item.text!r} is not a {spec.namespace}... value")
     return value
 
 

@@ -211,6 +211,11 @@ case("FindDocuments", "patient-is-single-valued", lambda d: fd(d, **{f"{E}Patien
 case("FindDocuments", "status-multiple", lambda d: fd(d, **{f"{E}Status": q(APPROVED, DEPRECATED)}),
      names("A1", "A2", "B", "C"))
 case("FindDocuments", "status-deprecated", lambda d: fd(d, **{f"{E}Status": q(DEPRECATED)}), names("A1"))
+# Status values are ebRIM StatusType URNs (3.18.4.1.2.3.6): a short form would match nothing, silently.
+case("FindDocuments", "status-short-form", lambda d: fd(d, **{f"{E}Status": q("Approved")}), ERROR)
+case("FindDocuments", "status-unknown", lambda d: fd(d, **{f"{E}Status": q(APPROVED, "urn:x:Approved")}), ERROR)
+case("FindDocuments", "status-never-stored", lambda d: fd(
+    d, **{f"{E}Status": q("urn:oasis:names:tc:ebxml-regrep:StatusType:Withdrawn")}), names())
 case("FindDocuments", "other-patient", lambda d: fd(d, **{f"{E}PatientId": one(d.other_pid)}), names("Q"))
 for param, default, alt in (
     ("ClassCode", m.CLASS_CODE, ALT_CLASS),
@@ -268,6 +273,7 @@ case("FindDocuments", "AuthorPerson-multiple", lambda d: fd(d, **{f"{E}AuthorPer
 case("FindDocuments", "Type-on-demand", lambda d: fd(d, **{f"{E}Type": q(m.ON_DEMAND)}), names())
 case("FindDocuments", "Type-multiple", lambda d: fd(d, **{f"{E}Type": q(m.STABLE, m.ON_DEMAND)}),
      names("A2", "B", "C"))
+case("FindDocuments", "Type-unknown", lambda d: fd(d, **{f"{E}Type": q("Stable")}), ERROR)
 case("FindDocuments", "all-filters", lambda d: fd(d, **{
     f"{E}ClassCode": q(ce(ALT_CLASS)), f"{E}TypeCode": q(ce(ALT_TYPE)), f"{E}PracticeSettingCode": q(ce(ALT_PRACTICE)),
     f"{E}HealthcareFacilityTypeCode": q(ce(ALT_HCFT)), f"{E}FormatCode": q(ce(ALT_FORMAT)),
@@ -304,6 +310,7 @@ def fs(d: Data, **extra) -> dict[str, Any]:
 case("FindSubmissionSets", "required-only", fs, names("SS1", "SS2", "SS3"))
 case("FindSubmissionSets", "missing-patient", lambda d: {f"{S}Status": q(APPROVED)}, MISSING)
 case("FindSubmissionSets", "missing-status", lambda d: {f"{S}PatientId": one(d.pid)}, MISSING)
+case("FindSubmissionSets", "status-short-form", lambda d: fs(d, **{f"{S}Status": q("Approved")}), ERROR)
 case("FindSubmissionSets", "SourceId", lambda d: fs(d, **{f"{S}SourceId": q(ALT_SOURCE)}), names("SS2"))
 case("FindSubmissionSets", "SourceId-multiple", lambda d: fs(d, **{f"{S}SourceId": q(ALT_SOURCE, m.TEST_SOURCE_ID)}),
      names("SS1", "SS2", "SS3"))
@@ -332,6 +339,7 @@ def ff(d: Data, **extra) -> dict[str, Any]:
 case("FindFolders", "required-only", ff, names("F1", "F2"))
 case("FindFolders", "missing-patient", lambda d: {f"{F}Status": q(APPROVED)}, MISSING)
 case("FindFolders", "missing-status", lambda d: {f"{F}PatientId": one(d.pid)}, MISSING)
+case("FindFolders", "status-short-form", lambda d: ff(d, **{f"{F}Status": q("Approved")}), ERROR)
 case("FindFolders", "LastUpdateTime", lambda d: ff(d, **{f"{F}LastUpdateTimeFrom": "2000",
                                                          f"{F}LastUpdateTimeTo": "2200"}), names("F1", "F2"))
 case("FindFolders", "LastUpdateTimeTo-past", lambda d: ff(d, **{f"{F}LastUpdateTimeTo": "2000"}), names())
@@ -373,6 +381,8 @@ def _all_of_p(d: Data, docs: set[str]) -> set[str]:
 for status_param in (f"{E}Status", f"{S}Status", f"{F}Status", "$patientId"):
     case("GetAll", f"missing-{status_param}", lambda d, p=status_param: {
         k: v for k, v in ga(d).items() if k != p}, MISSING)
+for status_param in (f"{E}Status", f"{S}Status", f"{F}Status"):
+    case("GetAll", f"short-form-{status_param}", lambda d, p=status_param: ga(d, **{p: q("Approved")}), ERROR)
 case("GetAll", "required-only", ga, lambda d: _all_of_p(d, {"A2", "B", "C"}))
 case("GetAll", "DocumentEntryStatus-multiple", lambda d: ga(d, **{f"{E}Status": q(APPROVED, DEPRECATED)}),
      lambda d: _all_of_p(d, {"A1", "A2", "B", "C"}))
