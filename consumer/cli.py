@@ -8,7 +8,8 @@ Subcommands (each registers itself in :data:`SUBCOMMANDS`; add new ones the same
 - ``remove-metadata`` / ``remove-documents``: ITI-62 at the registry / ITI-86 at a repository
 
 Common settings may come from the environment: ``XDS_CONSUMER_REPOSITORY_URL``,
-``XDS_CONSUMER_REPOSITORY_UNIQUE_ID``, ``XDS_CONSUMER_SOURCE_ID``, ``XDS_CONSUMER_REGISTRY_URL``.
+``XDS_CONSUMER_REPOSITORY_UNIQUE_ID``, ``XDS_CONSUMER_SOURCE_ID``, ``XDS_CONSUMER_REGISTRY_URL``,
+``XDS_CONSUMER_AFFINITY_DOMAIN_OID``, ``XDS_CONSUMER_PIX_ADDRESS``.
 """
 
 from __future__ import annotations
@@ -195,29 +196,60 @@ def _retrieve(args: argparse.Namespace) -> int:
 
 @subcommand
 def _register_find(sub: argparse._SubParsersAction) -> None:
+    from ihe.nhs import NHS_NUMBER_OID
+
     p = sub.add_parser("find", help="ITI-18: list a patient's documents",
                        description="Registry Stored Query FindDocuments: one line per DocumentEntry with its "
-                                   "uniqueId, repositoryUniqueId, mimeType, creation time, class and title.")
+                                   "uniqueId, repositoryUniqueId, mimeType, creation time, class and title. A "
+                                   "hospital number (any id outside the affinity domain) is first resolved to the "
+                                   "affinity domain id by a PIX Query (ITI-9) at the registry.")
     p.add_argument("--registry", default=_env("REGISTRY_URL"), help="ITI-18 endpoint of the registry "
                    "[env XDS_CONSUMER_REGISTRY_URL]")
     p.add_argument("--patient-id", required=True, help="affinity-domain patient id, e.g. "
-                   "'NHS123^^^&2.16.840.1.113883.2.1.4.1&ISO'")
+                   "'9434765919^^^&2.16.840.1.113883.2.1.4.1&ISO', or a hospital number with its assigning "
+                   "authority, e.g. 'A100^^^&1.2.826.0.1.999.1&ISO'")
+    p.add_argument("--affinity-domain-oid", default=_env("AFFINITY_DOMAIN_OID", NHS_NUMBER_OID),
+                   help="assigning authority of XDS patient ids [env XDS_CONSUMER_AFFINITY_DOMAIN_OID; default the "
+                        "NHS number OID %(default)s]")
+    p.add_argument("--pix-address", default=_env("PIX_ADDRESS"), metavar="HOST:PORT",
+                   help="the registry's MLLP listener for PIX Query (ITI-9) [env XDS_CONSUMER_PIX_ADDRESS; default "
+                        "the host of --registry, port 2575]")
     p.add_argument("--all", action="store_true", help="include deprecated (replaced) documents")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     p.set_defaults(func=_find)
 
 
 def _find(args: argparse.Namespace) -> int:
+    from consumer.client.patient import (
+        PatientIdUnresolved,
+        default_mllp_address,
+        parse_address,
+        resolve_patient_id,
+    )
     from consumer.client.query import APPROVED, QueryFailed, find_documents
 
     if not args.registry:
         print("xds-consumer find: --registry is required", file=sys.stderr)
         return 2
+    try:
+        mllp = parse_address(args.pix_address) if args.pix_address else default_mllp_address(args.registry)
+    except ValueError as exc:
+        print(f"xds-consumer find: --pix-address / --registry: {exc}", file=sys.stderr)
+        return 2
     statuses = (APPROVED, "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated") if args.all else (APPROVED,)
+
+    try:
+        patient = asyncio.run(resolve_patient_id(args.patient_id, args.affinity_domain_oid, mllp,
+                                                 timeout=min(args.timeout, 30.0)))
+    except PatientIdUnresolved as exc:
+        print(f"xds-consumer find: {exc}", file=sys.stderr)
+        return 1
+    if patient.note:
+        print(f"patient id: {patient.note}")
 
     async def run():
         async with SoapClient(timeout=args.timeout) as client:
-            return await find_documents(client, args.registry, args.patient_id, statuses)
+            return await find_documents(client, args.registry, patient.cx, statuses)
 
     try:
         entries = asyncio.run(run())
@@ -357,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "documents (ITI-18), retrieve them (ITI-43), remove them (ITI-62, ITI-86). Run "
                     "'xds-consumer COMMAND --help' for each command.",
         epilog="Environment: XDS_CONSUMER_REPOSITORY_URL, XDS_CONSUMER_REPOSITORY_UNIQUE_ID, XDS_CONSUMER_SOURCE_ID, "
-               "XDS_CONSUMER_REGISTRY_URL.")
+               "XDS_CONSUMER_REGISTRY_URL, XDS_CONSUMER_AFFINITY_DOMAIN_OID, XDS_CONSUMER_PIX_ADDRESS.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in SUBCOMMANDS:
         register(sub)

@@ -40,6 +40,7 @@ from ihe.hl7 import (
     repetition_count,
 )
 from ihe.metadata.model import Identifiable
+from ihe.nhs import NHS_NUMBER_OID, nhs_number_problem
 from registry.patients import (
     Demographics,
     IdentifierConflict,
@@ -84,7 +85,11 @@ def _ae(reason: str, code: str, segment: str, field: int = 0, repetition: int = 
 
 
 def identifiers_of(message: hl7.Message, segment: str, field: int) -> tuple[Identifiable, ...]:
-    """Every CX of ``segment``-``field``; each must have an id (CX-1) and an assigning authority (CX-4)."""
+    """Every CX of ``segment``-``field``; each must have an id (CX-1) and an assigning authority (CX-4).
+
+    An NHS number (assigning authority the NHS number OID) must pass its check digit: a wrong
+    one is a typo at the source, and recording it would file documents under someone else's id.
+    """
     found: list[Identifiable] = []
     for rep in range(1, repetition_count(message, segment, field) + 1):
         cx = cx_at(message, segment, field, rep)
@@ -96,6 +101,8 @@ def identifiers_of(message: hl7.Message, segment: str, field: int) -> tuple[Iden
         if not (cx.authority_oid or cx.authority_namespace):
             raise _ae(f"{segment}-{field} identifier {cx.id!r} has no assigning authority (CX-4)",
                       REQUIRED_FIELD_MISSING, segment, field, rep, 4)
+        if cx.authority_oid == NHS_NUMBER_OID and (problem := nhs_number_problem(cx.id)):
+            raise _ae(f"{segment}-{field} repetition {rep}: {problem}", DATA_TYPE_ERROR, segment, field, rep, 1)
         if cx not in found:
             found.append(cx)
     if not found:

@@ -45,7 +45,7 @@ async def registry_stored_query(registry: Registry, request: SoapRequest) -> Soa
         sql = Sql(leaf_class)
         statement = stored.build(params, sql, registry.settings.max_query_results + 1)
         objects = await fetch_objects(registry.pool, statement)
-        check_result(objects, registry.settings.max_query_results)
+        check_result(objects, registry.settings.max_query_results, leaf_class)
     except XDSError as exc:
         body = adhoc_query_response(errors=[*warnings, *exc.errors])
         return SoapReply(ACTION_ITI18_RESPONSE, body)
@@ -95,12 +95,18 @@ def home_community(ours: str | None, home_attribute: str | None, params: Paramet
     return next(iter(asked), None)
 
 
-def check_result(objects: list[ResultObject], max_results: int) -> None:
-    """XDSTooManyResults beyond the configured limit; XDSResultNotSinglePatient for a mixed answer."""
+def check_result(objects: list[ResultObject], max_results: int, leaf_class: bool = True) -> None:
+    """XDSTooManyResults beyond the configured limit; XDSResultNotSinglePatient for a mixed LeafClass answer.
+
+    Only full metadata discloses whose documents they are: ObjectRefs of several patients (a
+    consumer's GetDocuments by ids it already holds) are answered (ITI TF-2a 3.18.4.1.3).
+    """
     if len(objects) > max_results:
         raise XDSError.of(ErrorCode.TOO_MANY_RESULTS,
                           f"the query matches more than {max_results} objects (the registry's limit); "
                           "narrow it with more parameters")
+    if not leaf_class:
+        return
     patients = {o.patient_id for o in objects if o.patient_id is not None}
     # One patient may be stored with and without the CX namespace id: compare id and authority.
     if len(patients) > 1 and len({_patient_key(p) for p in patients}) > 1:

@@ -25,7 +25,7 @@ from ihe.metadata.model import dtm_to_datetime, is_valid_dtm
 
 class ValueType(StrEnum):
     STRING = "string"
-    CODE = "code"  # 'code^^^codingScheme'
+    CODE = "code"  # 'code^^^codingScheme' or the HL7 CE form 'code^^codingScheme'
     TIME = "time"  # HL7 DTM coded as a number
     PATIENT_ID = "patient id"  # CX 'id^^^&OID&ISO', converted to the list of its stored forms
     UUID = "uuid"  # 'urn:uuid:...'
@@ -42,6 +42,7 @@ class ParamSpec:
     multiple: bool = False  # several values, ORed
     and_or: bool = False  # several Slots of this name, ANDed (implies multiple)
     allowed: frozenset[str] | None = None  # literal values allowed, when the TF restricts them
+    namespace: str | None = None  # every value must start with this (e.g. the ebRIM StatusType URN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,14 +168,28 @@ def _convert(spec: ParamSpec, item: Scalar) -> Any:
             value = parse_urn_uuid(item.text)
     if spec.allowed is not None and item.text not in spec.allowed:
         raise ValueError(f"{item.text!r} is not one of {', '.join(sorted(spec.allowed))}")
+    if spec.namespace is not None and not item.text.startswith(spec.namespace):
+        raise ValueError(f"{item.text!r} is not a {spec.namespace}... value")
     return value
 
 
 def _code(text: str) -> str:
-    code, sep, scheme = text.partition("^^^")
-    if not sep or not code.strip() or not scheme.strip() or "^" in code:
-        raise ValueError(f"{text!r} is not a code in the form 'code^^^codingScheme'")
-    return text
+    """The stored ``code^^^codingScheme`` key of a coded parameter value.
+
+    ITI TF-2a 3.18.4.1.2.3.4 writes codes as ``code^^^codingScheme``; the NIST toolkit and many
+    consumers send the HL7 CE form ``code^text^codingScheme`` (usually ``code^^codingScheme``).
+    Both name the same code; the CE text, if any, is not part of the match.
+    """
+    parts = text.split("^")
+    if len(parts) == 4 and parts[1] == parts[2] == "":
+        code, scheme = parts[0], parts[3]
+    elif len(parts) == 3:
+        code, scheme = parts[0], parts[2]
+    else:
+        code = scheme = ""
+    if not code.strip() or not scheme.strip():
+        raise ValueError(f"{text!r} is not a code in the form 'code^^^codingScheme' or 'code^^codingScheme'")
+    return f"{code}^^^{scheme}"
 
 
 def canonical_patient_id(text: str) -> list[str]:

@@ -61,7 +61,12 @@ class StoredQuery:
 # version of everything, so levels 1 and 2 answer the same, and other values are refused.
 METADATA_LEVEL = ParamSpec("$MetadataLevel", ValueType.INTEGER, allowed=frozenset({"1", "2"}))
 HOME = ParamSpec("$homeCommunityId", S)
-DE_TYPE = ParamSpec("$XDSDocumentEntryType", S, multiple=True)
+# Status values are ebRIM StatusType URNs and objectType values one of two UUIDs: a short form such as
+# 'Approved' would match nothing, so it is refused (as the NIST toolkit does) rather than answered with
+# an empty list. A StatusType this registry never stores (Withdrawn) just matches nothing.
+STATUS_TYPE = "urn:oasis:names:tc:ebxml-regrep:StatusType:"
+DE_TYPE = ParamSpec("$XDSDocumentEntryType", S, multiple=True,
+                    allowed=frozenset({v.DOCUMENT_ENTRY_STABLE, v.DOCUMENT_ENTRY_ON_DEMAND}))
 DE_FORMAT = ParamSpec("$XDSDocumentEntryFormatCode", C, multiple=True)
 DE_CONFIDENTIALITY = ParamSpec("$XDSDocumentEntryConfidentialityCode", C, and_or=True)
 
@@ -81,7 +86,7 @@ FIND_DOCUMENTS_PARAMS = (
     DE_CONFIDENTIALITY,
     ParamSpec("$XDSDocumentEntryAuthorPerson", S, multiple=True),
     DE_FORMAT,
-    ParamSpec("$XDSDocumentEntryStatus", S, required=True, multiple=True),
+    ParamSpec("$XDSDocumentEntryStatus", S, required=True, multiple=True, namespace=STATUS_TYPE),
     DE_TYPE,
     METADATA_LEVEL,
 )
@@ -407,7 +412,7 @@ _QUERIES = (
         ParamSpec("$XDSSubmissionSetSubmissionTimeTo", T),
         ParamSpec("$XDSSubmissionSetAuthorPerson", S),
         ParamSpec("$XDSSubmissionSetContentType", C, multiple=True),
-        ParamSpec("$XDSSubmissionSetStatus", S, required=True, multiple=True),
+        ParamSpec("$XDSSubmissionSetStatus", S, required=True, multiple=True, namespace=STATUS_TYPE),
         METADATA_LEVEL,
     ), _find_submission_sets),
     StoredQuery("FindFolders", FIND_FOLDERS, (
@@ -415,14 +420,14 @@ _QUERIES = (
         ParamSpec("$XDSFolderLastUpdateTimeFrom", T),
         ParamSpec("$XDSFolderLastUpdateTimeTo", T),
         ParamSpec("$XDSFolderCodeList", C, and_or=True),
-        ParamSpec("$XDSFolderStatus", S, required=True, multiple=True),
+        ParamSpec("$XDSFolderStatus", S, required=True, multiple=True, namespace=STATUS_TYPE),
         METADATA_LEVEL,
     ), _find_folders),
     StoredQuery("GetAll", GET_ALL, (
         ParamSpec("$patientId", P, required=True),
-        ParamSpec("$XDSDocumentEntryStatus", S, required=True, multiple=True),
-        ParamSpec("$XDSSubmissionSetStatus", S, required=True, multiple=True),
-        ParamSpec("$XDSFolderStatus", S, required=True, multiple=True),
+        ParamSpec("$XDSDocumentEntryStatus", S, required=True, multiple=True, namespace=STATUS_TYPE),
+        ParamSpec("$XDSSubmissionSetStatus", S, required=True, multiple=True, namespace=STATUS_TYPE),
+        ParamSpec("$XDSFolderStatus", S, required=True, multiple=True, namespace=STATUS_TYPE),
         DE_FORMAT,
         DE_CONFIDENTIALITY,
         DE_TYPE,

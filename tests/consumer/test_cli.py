@@ -9,6 +9,7 @@ import sys
 from consumer.client import SoapClient
 from consumer.client.query import get_documents
 from tests.conftest import ROOT
+from tests.messages import TEST_AUTHORITY_OID
 from tests.repository.conftest import new_patient
 
 CDA = b"""<?xml version="1.0" encoding="UTF-8"?>
@@ -43,7 +44,8 @@ async def test_submit_files_then_retrieve_them(network, tmp_path):
     assert registered[uids[0]].title.value == "scan.pdf"
     assert registered[uids[0]].authors[0].person == "^Smith^John"
 
-    done = run("find", "--registry", network.registry.url, "--patient-id", pid)
+    done = run("find", "--registry", network.registry.url, "--patient-id", pid,
+               "--affinity-domain-oid", TEST_AUTHORITY_OID)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 document(s)" in done.stdout
     for uid in uids:
@@ -65,7 +67,7 @@ async def test_failures_exit_non_zero_with_the_ihe_error(network, tmp_path):
                str(tmp_path / "a.txt"))
     assert done.returncode == 1 and "XDSUnknownPatientId" in done.stdout
     done = run("find", "--registry", network.registry.url, "--patient-id", "")
-    assert done.returncode == 1 and "status: Failure" in done.stdout
+    assert done.returncode == 1 and "has no ID number" in done.stderr
 
     done = run("retrieve", "--repository", repo.url, "--repository-id", repo.repository_unique_id, "1.2.3.999",
                "--output-dir", str(tmp_path))

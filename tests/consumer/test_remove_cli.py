@@ -9,6 +9,7 @@ import re
 from consumer.client import SoapClient
 from consumer.client.query import get_documents
 from tests.consumer.test_cli import run
+from tests.messages import TEST_AUTHORITY_OID
 from tests.repository.conftest import blobs, new_patient
 
 
@@ -40,7 +41,7 @@ async def test_remove_a_document_completely(network, tmp_path):
     async with SoapClient() as client:
         assert await get_documents(client, registry.url, [uid_a]) == []
         assert [e.unique_id for e in await get_documents(client, registry.url, [uid_b])] == [uid_b]
-    done = run("find", "--registry", registry.url, "--patient-id", pid)
+    done = run("find", "--registry", registry.url, "--patient-id", pid, "--affinity-domain-oid", TEST_AUTHORITY_OID)
     assert "1 document(s)" in done.stdout and uid_b in done.stdout and uid_a not in done.stdout
 
     key = hashlib.sha256(b"first report\n" * 50).hexdigest()

@@ -115,6 +115,14 @@ def test_conversions():
     assert p.warnings == []
 
 
+def test_codes_in_the_hl7_ce_form_are_the_same_codes():
+    """NIST toolkit and consumers send 'code^^scheme' (CE, text empty or not); the key is 'code^^^scheme'."""
+    p = parse(Pid=f"'{PID}'", Status=f"('{APPROVED}')", Code="('c1^^s1','c2^Text^s2','c3^^^s3')",
+              Event=["('e1^^s')", "('e2^^^s','e3^^s')"])
+    assert p.get("$Code") == ["c1^^^s1", "c2^^^s2", "c3^^^s3"]
+    assert p.get("$Event") == [["e1^^^s"], ["e2^^^s", "e3^^^s"]]
+
+
 def test_values_split_over_several_value_elements_are_one_or_list():
     p = parse(Pid=f"'{PID}'", Status=(f"('{APPROVED}')", "('urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated')"))
     assert p.get("$Status") == [APPROVED, "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"]
@@ -164,6 +172,9 @@ def test_param_number(values):
     ({"Pid": "P1^^^&1.2&ISO"}, "$Pid"),  # unquoted
     ({"Code": "('nocodescheme')"}, "code^^^codingScheme"),
     ({"Code": "('a^b^^^s')"}, "$Code"),
+    ({"Code": "('a^^')"}, "$Code"),
+    ({"Code": "('^^s')"}, "$Code"),
+    ({"Code": "('a^x^y^s')"}, "$Code"),
     ({"From": "2004-12-25"}, "$From"),
     ({"From": "20041325"}, "DTM"),  # month 13
     ({"Level": "3"}, "$Level"),

@@ -187,9 +187,9 @@ async def test_find_documents_status_filter(registry):
     assert deprecated.objects[0].status == DEPRECATED
     both = await query(registry, m.FIND_DOCUMENTS, find_documents(pid, BOTH))
     assert both.ids() == {original.document_id, replacement.document_id}
-    # Several Value elements of one Slot are one OR list; an unknown status value is ignored.
+    # Several Value elements of one Slot are one OR list; a StatusType never stored matches nothing.
     split = await query(registry, m.FIND_DOCUMENTS, find_documents(
-        pid, [in_list(APPROVED), in_list(DEPRECATED), in_list("urn:example:Unknown")]))
+        pid, [in_list(APPROVED), in_list(DEPRECATED), in_list("urn:oasis:names:tc:ebxml-regrep:StatusType:Withdrawn")]))
     assert split.ids() == both.ids()
 
 
