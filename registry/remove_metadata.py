@@ -258,6 +258,11 @@ async def delete_objects(conn: asyncpg.Connection, objects: Mapping[str, StoredO
     by_kind: dict[str, list[str]] = {kind: [] for kind in _TABLES}
     for o in objects.values():
         by_kind[o.kind].append(bare_uuid(o.entry_uuid))
+    # ITI-57 versions: when the latest version of a logical object is removed, the newest remaining
+    # version becomes the one stored queries answer by default.
+    orphaned = {table: await conn.fetch(f"SELECT lid FROM {table} WHERE id = ANY($1::uuid[]) AND latest", ids)
+                for table, ids in (("document_entry", by_kind["DocumentEntry"]), ("folder", by_kind["Folder"]))
+                if ids}
     released = await conn.fetch(
         "WITH de AS (DELETE FROM document_entry WHERE id = ANY($1::uuid[])),"
         " ss AS (DELETE FROM submission_set WHERE id = ANY($2::uuid[])),"
@@ -267,11 +272,17 @@ async def delete_objects(conn: asyncpg.Connection, objects: Mapping[str, StoredO
         " RETURNING unique_id, object_kind",
         by_kind["DocumentEntry"], by_kind["SubmissionSet"], by_kind["Folder"], by_kind["Association"],
     )
+    for table, rows in orphaned.items():
+        if rows:
+            await conn.execute(
+                f"UPDATE {table} t SET latest = true FROM (SELECT DISTINCT ON (lid) id FROM {table}"
+                " WHERE lid = ANY($1::uuid[]) ORDER BY lid, version DESC) newest WHERE t.id = newest.id",
+                [r["lid"] for r in rows])
     documents = sorted(r["unique_id"] for r in released if r["object_kind"] == KIND_DOCUMENT_ENTRY)
     if documents:
         await conn.execute(
-            "INSERT INTO unique_id_claim (unique_id, object_id, object_kind, hash)"
-            " SELECT DISTINCT ON (unique_id) unique_id, id, $2, lower(hash) FROM document_entry"
+            "INSERT INTO unique_id_claim (unique_id, object_id, object_kind, hash, size)"
+            " SELECT DISTINCT ON (unique_id) unique_id, id, $2, lower(hash), size FROM document_entry"
             " WHERE unique_id = ANY($1::text[]) ORDER BY unique_id, seq"
             " ON CONFLICT (unique_id) DO NOTHING",
             documents, KIND_DOCUMENT_ENTRY,

@@ -16,6 +16,7 @@ from lxml import etree
 from ihe.metadata.model import Identifiable, datetime_to_dtm
 from registry.patients import Demographics, record_patient
 from tests import messages as m
+from tests import update_messages as u
 from tests.conftest import start_registry_process
 from tests.remove_messages import ACTION_ITI62_RESPONSE, delete_document_set_envelope
 
@@ -181,10 +182,38 @@ async def test_a_resubmitted_unique_id_stays_claimed_by_the_remaining_entry(regi
                                 first.document_unique_id)
     assert claim is not None and f"urn:uuid:{claim['object_id']}" == second.document_id
     assert claim["hash"] == first.document_hashes[0].lower()
+    claim_size = await conn.fetchval("SELECT size FROM unique_id_claim WHERE unique_id = $1", first.document_unique_id)
+    assert claim_size == first.document_sizes[0]  # the handed-on claim still guards the size (XDSNonIdenticalSize)
     envelope, _ = m.register_request(pid, document_unique_ids=first.document_unique_ids, hashes=["2" * 40])
     _, root = await post(http, registry_service.url, envelope)
     codes = [e.get("errorCode") for e in root.iter(f"{{{RS}}}RegistryError")]
     assert codes == ["XDSNonIdenticalHash"]
+
+
+async def test_removing_the_latest_version_makes_the_newest_remaining_one_latest(registry_service, conn, http):
+    """ITI-57 left version 1 (Deprecated) and version 2 (latest); removing version 2 with its update
+    SubmissionSet leaves version 1 as the one stored queries answer for the logical document."""
+    pid = await known_patient(conn)
+    first = await register(http, registry_service.url, pid)
+    update = u.new_document_version(pid, first.document_id, "1", first.document_unique_id,
+                                    hashes=[first.document_hashes[0]], sizes=[first.document_sizes[0]])
+    status, root = await post(http, registry_service.url, update)
+    assert status == 200 and root.find(f".//{{{RS}}}RegistryResponse").get("status") == SUCCESS
+    rows = await conn.fetch("SELECT id::text, version, latest FROM document_entry WHERE unique_id = $1"
+                            " ORDER BY version", first.document_unique_id)
+    assert [(r["version"], r["latest"]) for r in rows] == [(1, False), (2, True)]
+    v2 = rows[1]["id"]
+    ss2 = await conn.fetchval("SELECT source::text FROM association WHERE target = $1::uuid", v2)
+    links = await conn.fetch("SELECT id::text FROM association WHERE source = $1::uuid OR target = $1::uuid"
+                             " OR source = $2::uuid", v2, ss2)
+
+    status, errors = await remove(http, registry_service.url,
+                                  [f"urn:uuid:{i}" for i in (v2, ss2, *(r["id"] for r in links))])
+
+    assert (status, errors) == (SUCCESS, [])
+    rows = await conn.fetch("SELECT version, latest FROM document_entry WHERE unique_id = $1",
+                            first.document_unique_id)
+    assert [(r["version"], r["latest"]) for r in rows] == [(1, True)]
 
 
 async def test_object_ref_ids_are_matched_whatever_their_case(registry_service, conn, http):
