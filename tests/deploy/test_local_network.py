@@ -5,23 +5,20 @@ One network is started for the module; the tests run in order and the last one s
 
 import asyncio
 import json
-import queue
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 import uuid
 
-import asyncpg
 import psutil
 import pytest
 
 from tests.conftest import ROOT
+from tests.deploy.helpers import Output, drop_databases
 
 HOSPITAL_DICOM = (("HOSPA_XDSI", 11112), ("HOSPB_XDSI", 11113))
 
@@ -29,44 +26,6 @@ HOSPITAL_DICOM = (("HOSPA_XDSI", 11112), ("HOSPB_XDSI", 11113))
 def get(url: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.status, resp.read()
-
-
-class Output:
-    """The lines a process prints (stdout and stderr), read without blocking the test."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, text: str, timeout: float) -> str:
-        """The first line containing ``text``, waiting for it when it has not come yet."""
-        for line in self.lines:
-            if text in line:
-                return line
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no line with {text!r} within {timeout} s:\n" + "\n".join(self.lines)) from None
-            if line is None:
-                raise AssertionError(f"output ended before a line with {text!r}:\n" + "\n".join(self.lines))
-            self.lines.append(line)
-            if text in line:
-                return line
-
-    def rest(self, timeout: float = 30) -> list[str]:
-        """Every line until the process closes its output."""
-        deadline = time.monotonic() + timeout
-        while (line := self._queue.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
-            self.lines.append(line)
-        return self.lines
 
 
 def echoscu(ae_title: str, port: int) -> subprocess.CompletedProcess:
@@ -96,7 +55,7 @@ def network(postgres_admin_url, tmp_path_factory):
     for child in net.get("children", []):
         if child.is_running():
             child.kill()
-    asyncio.run(_drop_databases(postgres_admin_url, prefix))
+    asyncio.run(drop_databases(postgres_admin_url, prefix))
 
 
 def test_ready_is_announced_once_every_listener_answers(network):
@@ -150,12 +109,3 @@ def test_ctrl_c_stops_every_service_and_says_stopped(network):
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     psutil.wait_procs(children, timeout=10)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-
-
-async def _drop_databases(url: str, prefix: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for name in await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", prefix + "%"):
-            await conn.execute(f'DROP DATABASE "{name["datname"]}" WITH (FORCE)')
-    finally:
-        await conn.close()
