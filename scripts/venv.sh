@@ -6,15 +6,14 @@
 # reinstalls. Code changes need nothing: the install is editable.
 
 install_fingerprint() {
-  "$PYTHON" -c 'import hashlib, os, sys; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest(), os.getcwd())'
+  "$PYTHON" -c 'import hashlib, os; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest(), os.getcwd())'
 }
 
 # installed_by SPEC: the stamp file of an install of SPEC ("." or ".[test]").
 installed_by() {
-  case "$1" in
-    .) echo .venv/.xds-installed ;;
-    *) echo ".venv/.xds-installed-$(echo "$1" | tr -c 'a-z0-9\n' '_')" ;;
-  esac
+  local extras
+  extras="$(printf '%s' "$1" | tr -cd 'a-z0-9,')"  # "." -> "", ".[test]" -> "test"
+  echo ".venv/.xds-installed${extras:+-$extras}"
 }
 
 # ensure_venv SPEC [SPEC...]: install SPEC unless an up-to-date install of SPEC or of one of the
