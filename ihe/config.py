@@ -84,6 +84,7 @@ def resolve(
             raw = file_values[opt.dest]
             value = _parse_bool(raw) if opt.flag else (opt.type(raw) if isinstance(raw, str) else raw)
         if value is None:
-            value = opt.default
+            # Defaults are written as text ("data/registry") like flags; give them the option's type too.
+            value = opt.type(opt.default) if isinstance(opt.default, str) and not opt.flag else opt.default
         settings[opt.dest] = value
     return settings

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ihe.database import resolve_database_url
+from local_network.readiness import Listener, port_in_use, ready
 
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
 
@@ -63,7 +63,7 @@ class Service:
     name: str
     command: list[str]
     database: str
-    port: int  # the HTTP port that tells it is up
+    listeners: tuple[Listener, ...]  # all must be ready before the network is
 
 
 def services(args: argparse.Namespace, server_url: str) -> list[Service]:
@@ -73,7 +73,8 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
     found = [Service("registry", [
         py, "-m", "registry.cli", "--host", host, "--port", str(args.registry_port + o), "--mllp-host", host,
         "--mllp-port", str(args.mllp_port + o), "--database-url", database_url(server_url, f"{prefix}registry"),
-        "--affinity-domain-oid", NHS_NUMBER_OID], f"{prefix}registry", args.registry_port + o)]
+        "--affinity-domain-oid", NHS_NUMBER_OID], f"{prefix}registry",
+        (Listener("HTTP", args.registry_port + o), Listener("MLLP", args.mllp_port + o)))]
     for h in HOSPITALS:
         db = prefix + h.name.replace("-", "_")
         found.append(Service(f"{h.name} repository", [
@@ -81,7 +82,7 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
             "--repository-unique-id", h.repository_unique_id, "--registry-url", registry_url,
             "--storage-dir", str(args.data_dir / h.name / "documents"),
             "--database-url", database_url(server_url, f"{db}_repository")], f"{db}_repository",
-            h.repository_port + o))
+            (Listener("HTTP", h.repository_port + o),)))
         found.append(Service(f"{h.name} imaging source", [
             py, "-m", "imaging_source.cli", "serve", "--host", host, "--port", str(h.imaging_port + o),
             "--dicom-host", host, "--dicom-port", str(h.dicom_port + o), "--ae-title", h.ae_title,
@@ -90,7 +91,8 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
             "--repository-unique-id", h.repository_unique_id,
             "--repository-url", f"http://{host}:{h.repository_port + o}/repository",
             "--patient-id-issuer-oid", h.hospital_number_oid, "--affinity-domain-oid", NHS_NUMBER_OID,
-            "--pix-host", host, "--pix-port", str(args.mllp_port + o)], f"{db}_imaging", h.imaging_port + o))
+            "--pix-host", host, "--pix-port", str(args.mllp_port + o)], f"{db}_imaging",
+            (Listener("HTTP", h.imaging_port + o), Listener("DICOM", h.dicom_port + o, h.ae_title))))
     return found
 
 
@@ -111,18 +113,15 @@ def endpoints(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def wait_until_listening(host: str, ports: list[int], procs: list[subprocess.Popen], timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    pending = list(ports)
-    while pending and time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            return False
-        try:
-            with socket.create_connection((host, pending[0]), timeout=0.5):
-                pending.pop(0)
-        except OSError:
-            time.sleep(0.2)
-    return not pending
+def busy_port_message(host: str, network: list[Service], port_offset: int) -> str | None:
+    """One line naming the first port already taken (another xds-local?), or None when all are free."""
+    for service in network:
+        for listener in service.listeners:
+            if port_in_use(host, listener.port):
+                return (f"xds-local: port {listener.port} ({service.name} {listener.kind}) on {host} is already in "
+                        f"use, probably by another xds-local; stop that one or give this one other ports with "
+                        f"--port-offset (now {port_offset}, e.g. --port-offset {port_offset + 100})")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,43 +136,81 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mllp-port", type=int, default=2575)
     parser.add_argument("--port-offset", type=int, default=0, help="added to every port (to run two networks)")
     parser.add_argument("--database-prefix", default="xds_", help="prefix of the per-service database names")
+    parser.add_argument("--ready-timeout", type=float, default=180.0,
+                        help="seconds every service has to become ready before everything is stopped")
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir.resolve()
 
-    server_url, embedded = resolve_database_url(args.database_url, args.data_dir)
-    network = services(args, server_url)
-    asyncio.run(ensure_databases(server_url, [s.database for s in network]))
-    procs = [(s.name, subprocess.Popen(s.command)) for s in network]
+    # Ports first: a second copy must not touch the first one's database or announce its services.
+    busy = busy_port_message(args.host, services(args, "postgresql:///"), args.port_offset)
+    if busy:
+        print(busy, file=sys.stderr)
+        return 2
+
     stop = False
 
     def on_signal(signum, frame):
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    status = 0
-    if wait_until_listening(args.host, [s.port for s in network], [p for _, p in procs]):
-        print(f"\nxds-local: database server {server_url}\n{endpoints(args)}\nCtrl-C stops everything.\n",
-              flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    server_url, embedded = resolve_database_url(args.database_url, args.data_dir)
+    network = services(args, server_url)
     try:
-        while not stop:
-            for name, p in procs:
-                if p.poll() is not None:
-                    print(f"xds-local: {name} exited with {p.returncode}; stopping everything", file=sys.stderr)
-                    stop, status = True, 1
-            time.sleep(0.5)
+        asyncio.run(ensure_databases(server_url, [s.database for s in network]))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"xds-local: cannot create the service databases on {server_url}: {exc}", file=sys.stderr)
+        return 1
+    # Each child in its own process group: Ctrl-C reaches only us, and we stop them in order.
+    started = [(s, subprocess.Popen(s.command, process_group=0)) for s in network]
+    try:
+        status = supervise(args, server_url, started, lambda: stop)
     finally:
-        for _, p in procs:
+        for _, p in started:
             if p.poll() is None:
                 p.terminate()
-        for _, p in procs:
+        for _, p in started:
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        del embedded
+                p.wait()
+        if embedded is not None:
+            embedded.cleanup()  # stops the server unless another process still uses it
+    print("xds-local: stopped", flush=True)
     return status
+
+
+def supervise(args: argparse.Namespace, server_url: str, started: list[tuple[Service, subprocess.Popen]],
+              stopping) -> int:
+    """Announce ready once every listener of every child answers; then watch until asked to stop.
+
+    Returns 0 when stopped on request, 1 when a service exited or did not become ready in time.
+    """
+    pending = [(s, p, listener) for s, p in started for listener in s.listeners]
+    deadline = time.monotonic() + args.ready_timeout
+    while not stopping():
+        for s, p in started:
+            if p.poll() is not None:
+                when = "" if not pending else " before it was ready"
+                print(f"xds-local: {s.name} exited with {p.returncode}{when}; stopping everything",
+                      file=sys.stderr, flush=True)
+                return 1
+        if pending:
+            pending = [(s, p, li) for s, p, li in pending if not ready(p.pid, args.host, li)]
+            if not pending:
+                print(f"\nxds-local: database server {server_url}\n{endpoints(args)}\n", flush=True)
+                print("xds-local: ready (every HTTP, MLLP and DICOM listener answers); Ctrl-C stops everything.",
+                      flush=True)
+            elif time.monotonic() > deadline:
+                s, _, li = pending[0]
+                print(f"xds-local: {s.name} {li.describe(args.host)} not ready after {args.ready_timeout:g} s; "
+                      "stopping everything", file=sys.stderr, flush=True)
+                return 1
+        time.sleep(0.3 if pending else 0.5)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the tests need (Debian tools, a virtual environment with the project and its
-# test extras), lint, and run the test suite. Extra arguments go to pytest.
+# test extras, installed once per pyproject.toml), lint, and run the test suite. Extra arguments go
+# to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,8 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     || echo "WARNING: could not install ${missing[*]}; tests that need them will fail and say so" >&2
 fi
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+. scripts/venv.sh
+ensure_venv '.[test]'  # once per pyproject.toml: a clean clone (CI) installs everything
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

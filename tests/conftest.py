@@ -21,6 +21,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from tests.shared import (  # noqa: F401  (pytest hooks: tests needing ../shared, see tests/shared.py)
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_terminal_summary,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -37,3 +37,10 @@ def test_flag_beats_environment_beats_file(tmp_path):
 def test_environment_boolean_switch():
     assert settings([], {"XDS_SVC_VERBOSE": "yes"})["verbose"] is True
     assert settings([], {"XDS_SVC_VERBOSE": "0"})["verbose"] is False
+
+
+def test_text_defaults_get_the_option_type():
+    """Services write path defaults as text ("data/registry"); code joins them with `/`."""
+    options = [Option("data-dir", "dir", "data/svc", Path), Option("port", "port", "8010", int)]
+    resolved = resolve("svc", options, build_parser("svc", "test", options).parse_args([]), {})
+    assert resolved == {"data_dir": Path("data/svc"), "port": 8010}

@@ -571,6 +571,7 @@ def schemas() -> dict[str, etree.XMLSchema]:
     return {name: m.reference_schema(name) for name in ("lcm", "query")}
 
 
+@pytest.mark.needs_shared("xsd")
 def test_written_submission_is_valid_against_lcm_xsd(schemas):
     pkg = SubmissionPackage(
         submission_set=full_submission_set(),
@@ -583,6 +584,7 @@ def test_written_submission_is_valid_against_lcm_xsd(schemas):
     schemas["lcm"].assertValid(ebrim.write_submit_objects_request(read(built.xml)))
 
 
+@pytest.mark.needs_shared("xsd")
 def test_spliced_query_response_is_valid_against_query_xsd(schemas):
     response = (
         f'<query:AdhocQueryResponse xmlns:query="{QUERY}"'

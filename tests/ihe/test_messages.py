@@ -26,6 +26,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.needs_shared("xsd")
 @pytest.mark.parametrize("kwargs", VARIANTS.values(), ids=VARIANTS.keys())
 def test_submit_objects_request_is_schema_valid(kwargs):
     built = m.submit_objects_request(PID, **kwargs)
@@ -69,6 +70,7 @@ def test_register_request_envelope_parses():
     assert built.document_id == "Document01"
 
 
+@pytest.mark.needs_shared("xsd")
 def test_provide_and_register_request_is_schema_valid():
     built = m.provide_and_register_request(PID, documents=2, contents=[b"one", b"two"])
     root = parse_xml(built.xml)
@@ -79,6 +81,7 @@ def test_provide_and_register_request_is_schema_valid():
     assert b"repositoryUniqueId" not in built.xml
 
 
+@pytest.mark.needs_shared("xsd")
 def test_stored_query_request():
     xml = m.stored_query_request(m.FIND_DOCUMENTS, {
         "$XDSDocumentEntryPatientId": m.quoted(PID),

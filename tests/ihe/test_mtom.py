@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import random
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -28,9 +27,9 @@ from ihe.mtom import (
     read_mtom_stream,
     unpack_mtom_bytes,
 )
+from tests.shared import reference_dir
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED_MESSAGES = ROOT.parent / "shared" / "reference" / "messages"
+SHARED_MESSAGES = reference_dir("messages")
 XOP_NS = "http://www.w3.org/2004/08/xop/include"
 
 ENVELOPE = (
@@ -169,10 +168,11 @@ def test_base64_transfer_encoded_part_is_decoded():
     assert attachments["a@x"] == BINARY
 
 
+@pytest.mark.needs_shared("messages")
 @pytest.mark.parametrize("name", ["iti41-Xop.txt", "iti41-encodedURL.txt", "iti41-NoXop.txt", "iti41-dicom.txt"])
 def test_reference_messages(name):
     path = SHARED_MESSAGES / name
-    assert path.is_file(), f"reference message {path} is missing: clone the shared/ folder beside the repository"
+    assert path.is_file(), f"reference message {path} is missing from the shared folder"
     body = path.read_bytes()
     first = body.lstrip(b"\r\n").split(b"\n", 1)[0].rstrip(b"\r")
     boundary = first[2:].decode()

@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import uuid
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -36,8 +35,9 @@ from tests.repository.conftest import (
     staging_files,
 )
 from tests.repository.wire import WireMessage, inline_request, mtom_request, reference_message
+from tests.shared import reference_dir
 
-SHARED_MESSAGES = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "messages"
+SHARED_MESSAGES = reference_dir("messages")
 RS = "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0"
 SOAP = "http://www.w3.org/2003/05/soap-envelope"
 SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
@@ -216,10 +216,11 @@ REFERENCE_PATIENTS = {
 }
 
 
+@pytest.mark.needs_shared("messages")
 @pytest.mark.parametrize("name", sorted(REFERENCE_PATIENTS))
 async def test_reference_messages_are_accepted(network, client, name):
     path = SHARED_MESSAGES / name
-    assert path.is_file(), f"reference message {path} is missing: clone the shared/ folder beside the repository"
+    assert path.is_file(), f"reference message {path} is missing from the shared folder"
     raw = path.read_bytes()
     await record_patient_cx(network.database_url, REFERENCE_PATIENTS[name])
     ids, [doc_uid] = _fresh_ids(raw)
