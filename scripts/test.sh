@@ -20,5 +20,6 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+scripts/install-ohif.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
