@@ -174,7 +174,8 @@ def build_routes(locate: Locate, require_session: RequireSession, *,
     async def study_resource(request: web.Request) -> web.StreamResponse:
         await check_session(request)
         raw = request.rel_url.raw_path
-        if any(seg in (".", "..") for seg in raw.split("/")):
+        # Also when percent-encoded: the source would decode them and could serve something outside the study.
+        if any(seg in (".", "..") for seg in (*raw.split("/"), *request.path.split("/"))):
             raise web.HTTPBadRequest(text="path segments '.' and '..' are not allowed")
         base = await located(request.match_info["study"])
         return await forward(request, base, upstream_url(base, raw, request.rel_url.raw_query_string))

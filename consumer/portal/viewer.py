@@ -157,9 +157,10 @@ class _Dist:
         return self._patched[path]
 
 
-def viewer_csp(request: web.Request, csp: str) -> str | None:
-    """The CSP of a response to ``request`` if it is a viewer page (for the portal's CSP middleware)."""
-    return csp if request.path.startswith(PREFIX) else None
+def viewer_content_security_policy(ohif_dir: Path) -> str:
+    """The CSP build_routes puts on every /viewer/ response, for a portal CSP middleware that must leave
+    those alone (it should only set its own strict policy where a response has none)."""
+    return content_security_policy(patch_index_html((ohif_dir / "index.html").read_text(encoding="utf-8")))
 
 
 def build_routes(ohif_dir: Path, dicomweb_root: str) -> list[web.RouteDef]:

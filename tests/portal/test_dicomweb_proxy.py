@@ -10,6 +10,7 @@ import tracemalloc
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from consumer.portal import dicomweb_proxy
 from consumer.portal.dicomweb_proxy import StreamReplace
@@ -251,3 +252,18 @@ def test_stream_replace_finds_matches_cut_anywhere(size: int) -> None:
     s = StreamReplace(old, new)
     out = b"".join(s.feed(text[i:i + size]) for i in range(0, len(text), size)) + s.flush()
     assert out == text.replace(old, new)
+
+
+async def test_dot_segments_never_reach_the_source(sources) -> None:
+    a, _ = sources
+    client = await portal_client({STUDY_A: a.root})
+    try:
+        for path in (f"/dicomweb/studies/{STUDY_A}/%2e%2e/%2E%2E/status", f"/dicomweb/studies/{STUDY_A}/series/%2e"):
+            # Sent as written (a browser or yarl would resolve the dot segments before sending).
+            url = URL(str(client.make_url("/")).rstrip("/") + path, encoded=True)
+            async with client.session.get(url, headers=SIGNED_IN) as r:
+                assert r.url.raw_path == path
+                assert r.status == 400 and "'..' are not allowed" in await r.text(), path
+        assert a.seen == []
+    finally:
+        await client.close()

@@ -65,6 +65,7 @@ async def test_index_is_moved_under_viewer_and_its_inline_scripts_are_allowed_by
             "/viewer/manifest.json", "/viewer/app-config.js", "/viewer/app.bundle.0123456789abcdef.js",
             "/viewer/app.bundle.css"]
         csp = r.headers["Content-Security-Policy"]
+        assert csp == viewer.viewer_content_security_policy(dist)
         directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
         inline = re.findall(r"<script>(.*?)</script>", text)
         assert len(inline) == 2
