@@ -134,24 +134,28 @@ def build_routes(locate: Locate, require_session: RequireSession, *,
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise _bad_gateway(base, exc) from None
             async with upstream:
-                return await relay(request, upstream, base)
+                return await relay(request, upstream, base, raw_body=not http.auto_decompress)
         finally:
             if own:
                 await http.close()
 
-    async def relay(request: web.Request, upstream: aiohttp.ClientResponse, base: str) -> web.StreamResponse:
+    async def relay(request: web.Request, upstream: aiohttp.ClientResponse, base: str,
+                    raw_body: bool) -> web.StreamResponse:
+        """Copy ``upstream`` chunk by chunk. ``raw_body``: the client session passes content-coded bodies
+        as sent (else it decodes them, and the coding and length headers no longer apply)."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for h in _RESPONSE_HEADERS:
             if h in upstream.headers:
                 response.headers[h] = upstream.headers[h]
         response.headers["Cache-Control"] = "private, no-store"
         media = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity"
+        encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity" and raw_body
         rewrite = StreamReplace(base.encode(), portal_root(request).encode()) \
             if media in _JSON_TYPES and not encoded else None
         if encoded:
             response.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
-        if rewrite is None and upstream.content_length is not None:
+        if rewrite is None and upstream.content_length is not None and (raw_body or "Content-Encoding" not in
+                                                                        upstream.headers):
             response.content_length = upstream.content_length
         await response.prepare(request)
         if request.method == "HEAD":

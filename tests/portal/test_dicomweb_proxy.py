@@ -267,3 +267,38 @@ async def test_dot_segments_never_reach_the_source(sources) -> None:
         assert a.seen == []
     finally:
         await client.close()
+
+
+async def test_a_compressed_answer_stays_consistent_with_its_headers() -> None:
+    """A source that compresses although asked for identity: passed through coded by the proxy's own client,
+    or decoded (and its URLs rewritten) by a shared client session that decompresses."""
+    import gzip
+
+    async def metadata(request: web.Request) -> web.Response:
+        root = str(request.url.origin()) + "/dicomweb"
+        body = gzip.compress(json.dumps([{"7FE00010": {"vr": "OW", "BulkDataURI": f"{root}/studies/1/x"}}]).encode())
+        return web.Response(body=body, headers={"Content-Type": "application/dicom+json",
+                                                "Content-Encoding": "gzip"})
+
+    source_app = web.Application()
+    source_app.router.add_get("/dicomweb/studies/{study}/metadata", metadata)
+    source = TestServer(source_app)
+    await source.start_server()
+    root = str(source.make_url("/dicomweb"))
+    import aiohttp
+
+    shared = aiohttp.ClientSession()
+    try:
+        for options, expected_root in (({}, root), ({"client": lambda: shared}, None)):
+            client = await portal_client({STUDY_A: root}, **options)
+            try:
+                r = await client.get(f"/dicomweb/studies/{STUDY_A}/metadata", headers=SIGNED_IN)
+                assert r.status == 200
+                (item,) = await r.json(content_type=None)
+                want = expected_root or str(client.make_url("/dicomweb"))
+                assert item["7FE00010"]["BulkDataURI"] == f"{want}/studies/1/x", options
+            finally:
+                await client.close()
+    finally:
+        await shared.close()
+        await source.close()
