@@ -65,6 +65,7 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
                          portal_port)
     origin = f"http://127.0.0.1:{portal_port}"
     requests: list[str] = []
+    asked: list[str] = []  # the DICOMweb requests, with their Accept header (kept as an artifact)
     failures: list[str] = []
     try:
         async with async_playwright() as pw:
@@ -78,6 +79,8 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
                     "window.__csp = []; document.addEventListener('securitypolicyviolation', "
                     "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
                 page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
+                page.on("request", lambda r: asked.append(f"{r.method} {r.url}  Accept: {r.headers.get('accept')}")
+                        if "/dicomweb/" in r.url else None)
                 page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
                 await page.goto(f"{origin}/viewer/viewer?StudyInstanceUIDs={study}")
                 try:
@@ -87,6 +90,7 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
                 finally:
                     await page.screenshot(path=str(tmp_path / "ohif-ct.png"))
                     (tmp_path / "requests.txt").write_text("\n".join(requests))
+                    (tmp_path / "dicomweb-requests.txt").write_text("\n".join(asked))
                 csp = await page.evaluate("window.__csp")
             finally:
                 await browser.close()
