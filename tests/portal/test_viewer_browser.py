@@ -13,12 +13,8 @@ import pytest
 
 from consumer.portal.viewer import DEFAULT_OHIF_DIR
 from tests.conftest import free_port
-from tests.imaging_source.conftest import (  # noqa: F401  (new_imaging_database is a fixture)
-    new_imaging_database,
-    sample_path,
-    send_with_pynetdicom,
-    start_imaging_source,
-)
+from tests.imaging_source.conftest import new_imaging_database  # noqa: F401  (fixtures)
+from tests.portal.imaging_fixtures import ct_source  # noqa: F401
 from tests.portal.qido_standin import build_qido_standin_app
 from tests.portal.viewer_app import SESSION_COOKIE, build_test_app, serve
 
@@ -37,20 +33,7 @@ CANVAS_STATS = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def ct_source(new_imaging_database, tmp_path_factory):  # noqa: F811
-    """A real imaging source holding pydicom's CT_small study."""
-    ct = sample_path("CT_small.dcm")
-    service = start_imaging_source(new_imaging_database(), tmp_path_factory.mktemp("ct-instances"),
-                                   "--quiet-period", "3600")
-    try:
-        assert send_with_pynetdicom(service.dicom_port, [ct]) == [0]
-        yield service, ct
-    finally:
-        service.stop()
-
-
-async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path) -> None:
+async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path) -> None:  # noqa: F811
     if not (DEFAULT_OHIF_DIR / "index.html").is_file():
         pytest.fail("the OHIF viewer is not installed: run scripts/install-ohif.sh")
     if shutil.which("chromium") is None:
