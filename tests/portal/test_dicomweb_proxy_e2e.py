@@ -19,14 +19,14 @@ from tests.portal.viewer_app import SESSION_COOKIE, build_test_app, serve
 @pytest.fixture
 async def portal(ct_source, tmp_path):  # noqa: F811
     """The test portal (viewer + proxy) with the CT study located at the real imaging source."""
-    service, ct = ct_source
-    study = pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID
+    service, files = ct_source
+    study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     dist = tmp_path / "dist"
     dist.mkdir()
     (dist / "index.html").write_text("<html></html>")
     port = free_port()
     runner = await serve(build_test_app(dist, {study: f"{service.url}/dicomweb"}), port)
-    yield f"http://127.0.0.1:{port}", ct
+    yield f"http://127.0.0.1:{port}", files
     await runner.cleanup()
 
 
@@ -38,8 +38,8 @@ def dicomweb(origin: str, signed_in: bool = True) -> DICOMwebClient:
 
 
 async def test_dicomweb_client_retrieves_study_metadata_and_frames_through_the_proxy(portal) -> None:
-    origin, ct = portal
-    original = pydicom.dcmread(ct)
+    origin, files = portal
+    original = pydicom.dcmread(files[len(files) // 2])
     uids = (original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID)
 
     def exercise():
@@ -52,17 +52,18 @@ async def test_dicomweb_client_retrieves_study_metadata_and_frames_through_the_p
         return study, metadata, frames
 
     study, metadata, frames = await asyncio.to_thread(exercise)
-    (instance,) = study
-    assert instance.SOPInstanceUID == original.SOPInstanceUID
+    assert sorted(i.SOPInstanceUID for i in study) == sorted(pydicom.dcmread(f).SOPInstanceUID for f in files)
+    (instance,) = [i for i in study if i.SOPInstanceUID == original.SOPInstanceUID]
     assert instance.PixelData == original.PixelData
-    (item,) = metadata
+    assert len(metadata) == len(files)
+    (item,) = [i for i in metadata if i["00080018"]["Value"] == [original.SOPInstanceUID]]
     assert item["7FE00010"]["BulkDataURI"].startswith(f"{origin}/dicomweb/studies/{uids[0]}/series/{uids[1]}/")
     assert frames == [original.PixelData]
 
 
 async def test_dicomweb_client_without_a_session_is_refused(portal) -> None:
-    origin, ct = portal
-    study = pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID
+    origin, files = portal
+    study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
 
     def refused() -> int:
         try:

@@ -40,10 +40,10 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
         pytest.fail("chromium is not installed: apt-get install chromium (scripts/debian-packages.txt)")
     from playwright.async_api import async_playwright
 
-    service, ct = ct_source
-    study = pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID
+    service, files = ct_source
+    study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     standin_port, portal_port = free_port(), free_port()
-    standin = await serve(build_qido_standin_app([ct], f"{service.url}/dicomweb"), standin_port)
+    standin = await serve(build_qido_standin_app(files, f"{service.url}/dicomweb"), standin_port)
     portal = await serve(build_test_app(DEFAULT_OHIF_DIR, {study: f"http://127.0.0.1:{standin_port}/dicomweb"}),
                          portal_port)
     origin = f"http://127.0.0.1:{portal_port}"
