@@ -7,6 +7,7 @@ series' instances) from the headers of the DICOM files the test sent, and passes
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pydicom
@@ -31,7 +32,6 @@ def build_qido_standin_app(files: list[Path], wado_rs_root: str) -> web.Applicat
     def json_response(items: list[dict]) -> web.Response:
         if not items:
             return web.Response(status=204)
-        import json
         return web.Response(body=json.dumps(items).encode(), content_type="application/dicom+json")
 
     async def studies(request: web.Request) -> web.Response:

@@ -302,3 +302,29 @@ async def test_a_compressed_answer_stays_consistent_with_its_headers() -> None:
     finally:
         await shared.close()
         await source.close()
+
+
+async def test_a_source_breaking_off_mid_study_is_not_passed_on_as_a_complete_answer() -> None:
+    async def study(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": 'multipart/related; type="application/dicom"; '
+                                                               "boundary=b"})
+        await response.prepare(request)
+        await response.write(b"--b\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 100_000)
+        request.transport.close()  # the source dies mid-study
+        return response
+
+    source_app = web.Application()
+    source_app.router.add_get("/dicomweb/studies/{study}", study)
+    source = TestServer(source_app)
+    await source.start_server()
+    client = await portal_client({STUDY_A: str(source.make_url("/dicomweb"))})
+    try:
+        r = await client.get(f"/dicomweb/studies/{STUDY_A}", headers=SIGNED_IN)
+        assert r.status == 200
+        import aiohttp
+
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    finally:
+        await client.close()
+        await source.close()
