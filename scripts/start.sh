@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 . scripts/venv.sh
 ensure_venv . '.[test]'  # the test command's install includes everything start needs
+scripts/install-ohif.sh  # once per pinned version; later starts need no network
 exec .venv/bin/xds-local "$@"

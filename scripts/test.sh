@@ -20,5 +20,6 @@ fi
 
 . scripts/venv.sh
 ensure_venv '.[test]'  # once per pyproject.toml: a clean clone (CI) installs everything
+scripts/install-ohif.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
