@@ -60,6 +60,11 @@ class GroupCommitWriter:
         if self._task is None:
             self._task = asyncio.run_coroutine_threadsafe(self.run(), self.loop)
 
+    def stop(self) -> None:
+        """Stop the flusher; instances still waiting are answered with a failure."""
+        if self._task is not None:
+            self._task.cancel()
+
     def submit(self, stored: StoredInstance, staged: StagedFile | None) -> concurrent.futures.Future[bool]:
         """Queue one instance; the future gives whether it is new, or raises StorageError."""
         future: concurrent.futures.Future[bool] = concurrent.futures.Future()
@@ -129,8 +134,14 @@ class GroupCommitWriter:
         log.debug("group commit of %d instances: files %.1f ms, index %.1f ms", len(batch),
                   (files_done - started) * 1000, (time.perf_counter() - files_done) * 1000)
         # Copies the index no longer points at (a SOP instance sent again with other bytes) go first.
-        superseded = {prev for p, _, prev in indexed if prev and prev != p.stored.key}
-        superseded -= {p.stored.key for p, _, _ in indexed}
+        # Keys name the SOP instance, so per instance every key but the one indexed last is garbage now.
+        final: dict[str, str] = {}
+        seen: dict[str, set[str]] = {}
+        for p, _, previous_key in indexed:
+            uid = p.stored.info.sop_instance_uid
+            final[uid] = p.stored.key
+            seen.setdefault(uid, set()).update(k for k in (previous_key, p.stored.key) if k)
+        superseded = {k for uid, keys in seen.items() for k in keys if k != final[uid]}
         if superseded:
             await asyncio.to_thread(lambda: [self.storage.delete(k) for k in superseded])
         for p, exc in failed:

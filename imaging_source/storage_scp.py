@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,15 +105,29 @@ def build_ae(config: StorageSCPConfig) -> AE:
     return ae
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """Binds with SO_REUSEPORT, so that several processes listen on one port and the kernel spreads the
+    associations over them (see imaging_source.scp_workers)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def start_storage_scp(storage: FileStorage, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop,
                       config: StorageSCPConfig,
-                      on_stored: Callable[[StoredInstance, bool], None] | None = None) -> ThreadedAssociationServer:
+                      on_stored: Callable[[StoredInstance, bool], None] | None = None,
+                      shared_port: bool = False) -> ThreadedAssociationServer:
     """Start listening (in background threads); stop with ``server.shutdown()``."""
     dicom_socket.install()
     ae = build_ae(config)
     writer = GroupCommitWriter(storage, pool, loop)
     writer.start()
     handlers = [(evt.EVT_C_STORE, make_store_handler(storage, pool, loop, config, on_stored, writer))]
-    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
-    assert server is not None
+    if not shared_port:
+        server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
+        assert server is not None
+        return server
+    server = ae.make_server((config.host, config.port), evt_handlers=handlers, server_class=_SharedPortServer)
+    threading.Thread(target=server.serve_forever, name=f"AcceptorServer:{config.port}", daemon=True).start()
     return server
