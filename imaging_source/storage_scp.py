@@ -21,7 +21,6 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from imaging_source import dicom_socket
 from imaging_source.group_commit import GroupCommitWriter
 from imaging_source.ingest import RejectedInstance, StoredInstance, prepare
 from imaging_source.storage import FileStorage
@@ -119,7 +118,6 @@ def start_storage_scp(storage: FileStorage, pool: asyncpg.Pool, loop: asyncio.Ab
                       on_stored: Callable[[StoredInstance, bool], None] | None = None,
                       shared_port: bool = False) -> ThreadedAssociationServer:
     """Start listening (in background threads); stop with ``server.shutdown()``."""
-    dicom_socket.install()
     ae = build_ae(config)
     writer = GroupCommitWriter(storage, pool, loop)
     writer.start()
