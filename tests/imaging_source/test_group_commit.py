@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,19 @@ from imaging_source.group_commit import GroupCommitWriter
 from imaging_source.ingest import StoredInstance, prepare
 from imaging_source.storage import FileStorage, StorageError
 from tests.imaging_source.conftest import start_imaging_source
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on this TCP port (all processes: /proc/net/tcp, state 0A)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
+
+
+async def wait_for_listeners(port: int, count: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and listeners(port) != count:
+        await asyncio.sleep(0.1)
+    return listeners(port)
 
 
 def same_instance(stored: Path, sent: Path) -> bool:
@@ -173,9 +187,12 @@ async def test_kill_9_right_after_a_success_loses_nothing_acknowledged(new_imagi
                                    "--dicom-workers", str(workers))
     statuses: dict[str, int] = {}
     try:
+        assert await wait_for_listeners(service.dicom_port, workers) == workers  # every worker takes associations
         await asyncio.to_thread(send_in_parallel, service.dicom_port, [paths[i::4] for i in range(4)], statuses,
                                 25, service.proc.kill)
         service.proc.wait(30)
+        # No process of the killed service keeps the port (DICOM workers follow their main process).
+        assert await wait_for_listeners(service.dicom_port, 0, timeout=10) == 0
     finally:
         service.stop()
     acknowledged = {uid for uid, status in statuses.items() if status == 0}
