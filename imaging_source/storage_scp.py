@@ -80,7 +80,14 @@ def make_store_handler(storage: FileStorage, pool: asyncpg.Pool, loop: asyncio.A
             replaced = storage.exists(key)
             staged = None if replaced else storage.stage(key, data)
             stored = StoredInstance(info, key, len(data), replaced)
-            is_new = writer.submit(stored, staged).result(INDEX_TIMEOUT)
+            try:
+                future = writer.submit(stored, staged)
+            except RuntimeError:  # the service's loop is closing: the writer will not see this one
+                if staged is not None:
+                    storage.discard(staged)
+                raise
+            # After a timeout the writer may still keep the instance: the sender, told it failed, sends it again.
+            is_new = future.result(INDEX_TIMEOUT)
         except Exception as exc:
             log.error("C-STORE of %s failed: %s", info.sop_instance_uid, exc)
             return STATUS_OUT_OF_RESOURCES
