@@ -70,7 +70,8 @@ def build_app(source: ImagingSource) -> web.Application:
 
 async def serve(settings: ImagingSourceSettings, database_url: str, ready: asyncio.Event | None = None) -> None:
     """Run HTTP, the Storage SCP and the tracker until cancelled."""
-    from imaging_source.storage_scp import StorageSCPConfig, start_storage_scp
+    from imaging_source.scp_workers import scp_config, start_workers, stop_workers
+    from imaging_source.storage_scp import start_storage_scp
     from imaging_source.tracker import Tracker
 
     source = await open_source(settings, database_url)
@@ -79,10 +80,9 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
     await site.start()
     tracker = Tracker(source)
-    scp = start_storage_scp(
-        source.storage, source.pool, asyncio.get_running_loop(),
-        StorageSCPConfig(settings.ae_title, settings.dicom_host, settings.dicom_port,
-                         settings.patient_id_issuer_oid, settings.patient_id_issuer_namespace))
+    scp = start_storage_scp(source.storage, source.pool, asyncio.get_running_loop(), scp_config(settings),
+                            shared_port=settings.dicom_workers > 1)
+    workers = start_workers(settings, database_url) if settings.dicom_workers > 1 else []
     task = asyncio.create_task(tracker.run())
     print(f"imaging source: HTTP (RAD-69 {rad69.PATH}, WADO-URI {wado_uri.PATH}, WADO-RS {wado_rs.PREFIX}, /status) "
           f"at http://{settings.host}:{settings.port}", flush=True)
@@ -94,6 +94,7 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
         await asyncio.Event().wait()
     finally:
         task.cancel()
+        await asyncio.to_thread(stop_workers, workers)
         await asyncio.to_thread(scp.shutdown)
         await runner.cleanup()
         if tracker.client is not None:

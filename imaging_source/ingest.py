@@ -170,6 +170,13 @@ class StoredInstance:
     replaced: bool
 
 
+def prepare(data: bytes, *, issuer_oid: str | None = None, issuer_ns: str | None = None) -> tuple[InstanceInfo, str]:
+    """The index facts and storage key of one Part 10 object (pure), or RejectedInstance."""
+    ds, ts = read_header(data)
+    info = describe(ds, ts, issuer_oid=issuer_oid, issuer_ns=issuer_ns)
+    return info, info.storage_key(data)
+
+
 def store_file(data: bytes, storage: Storage, *, issuer_oid: str | None = None,
                issuer_ns: str | None = None) -> StoredInstance:
     """Check and durably write one Part 10 object (blocking: run it off the event loop).
@@ -177,9 +184,7 @@ def store_file(data: bytes, storage: Storage, *, issuer_oid: str | None = None,
     Keys are content-versioned, so a different copy of a known SOP instance goes to a new file
     and the copy the index points at stays intact until the index has moved to the new one.
     """
-    ds, ts = read_header(data)
-    info = describe(ds, ts, issuer_oid=issuer_oid, issuer_ns=issuer_ns)
-    key = info.storage_key(data)
+    info, key = prepare(data, issuer_oid=issuer_oid, issuer_ns=issuer_ns)
     if storage.exists(key):
         return StoredInstance(info, key, len(data), True)
     return StoredInstance(info, key, storage.put(key, data), False)

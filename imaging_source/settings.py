@@ -16,6 +16,8 @@ OPTIONS: list[Option] = [
     Option("ae-title", "DICOM AE title of the Storage SCP (also the Retrieve AE Title in manifests)", "XDSI_SOURCE"),
     Option("dicom-host", "address the DICOM Storage SCP listens on", "127.0.0.1"),
     Option("dicom-port", "DICOM port of the Storage SCP (C-ECHO, C-STORE)", 11112, int),
+    Option("dicom-workers", "processes sharing the DICOM port (associations are spread over them; the DICOM "
+           "stack is CPU-bound in one Python process, so about one per core)", 1, int),
     Option("storage-dir", "folder where received DICOM instances are kept", "data/imaging_source/instances", Path),
     Option("database-url", "PostgreSQL URL; when absent an embedded PostgreSQL is started in --data-dir"),
     Option("data-dir", "folder for the embedded PostgreSQL's data", "data/imaging_source", Path),
@@ -64,6 +66,7 @@ class ImagingSourceSettings:
     ae_title: str = "XDSI_SOURCE"
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
+    dicom_workers: int = 1
     storage_dir: Path = Path("data/imaging_source/instances")
     database_url: str | None = None
     data_dir: Path = Path("data/imaging_source")

@@ -1,7 +1,9 @@
 """Where instance files live, behind a small interface (a folder now, object storage later).
 
 ``put`` is durable before it returns (data and directory fsync'd, atomic rename), so a
-success status sent after it never refers to bytes that a crash could lose.
+success status sent after it never refers to bytes that a crash could lose. ``stage`` and
+``make_durable`` split that in two, so that one caller can make many files durable at once
+(see imaging_source.group_commit): staged bytes are under a hidden temporary name until then.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -58,6 +62,18 @@ class Storage(Protocol):
     def path(self, key: str) -> Path | None: ...
 
 
+@dataclass(slots=True)
+class StagedFile:
+    """Bytes written (not yet fsync'd) under a temporary name beside their key's path."""
+
+    key: str
+    target: Path
+    tmp: Path
+    fd: int
+    # Folders this write created: their entries in their parents must be made durable too.
+    created_dirs: list[Path] = field(default_factory=list)
+
+
 class FileStorage:
     """Objects as files under ``root``; keys are relative paths of safe characters."""
 
@@ -96,6 +112,83 @@ class FileStorage:
         except OSError as exc:
             raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
         return len(data)
+
+    def stage(self, key: str, data: bytes) -> StagedFile:
+        """Write ``data`` for ``key`` under a temporary name, without waiting for the disk."""
+        target = self._path(key)
+        created_dirs = _missing_parents(target.parent, self.root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
+        except OSError as exc:
+            raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
+        return StagedFile(key, target, Path(tmp), fd, created_dirs)
+
+    def make_durable(self, staged: Sequence[StagedFile | str],
+                     executor: ThreadPoolExecutor | None = None) -> list[StorageError | None]:
+        """Make staged files (and keys already stored) durable together: each file fsync'd (in parallel on
+        ``executor``, so the file system can merge them into few journal commits), renamed to its key, then
+        each folder fsync'd once. The result says per item None (durable under its key) or why not; a staged
+        file that failed is not left under its temporary name (whether to remove its key is the caller's call:
+        another writer may have stored the same bytes)."""
+        errors: list[StorageError | None] = [None] * len(staged)
+
+        def sync_one(i: int) -> None:
+            item = staged[i]
+            try:
+                if isinstance(item, StagedFile):
+                    os.fsync(item.fd)
+                    os.replace(item.tmp, item.target)
+                else:  # stored before, maybe by a writer whose folder fsync has not happened yet
+                    fd = os.open(self._path(item), os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                key = item.key if isinstance(item, StagedFile) else item
+                errors[i] = StorageError(f"could not store {key}: {exc.strerror or exc}")
+
+        if executor is not None and len(staged) > 1:
+            list(executor.map(sync_one, range(len(staged))))
+        else:
+            for i in range(len(staged)):
+                sync_one(i)
+        folders: dict[Path, list[int]] = {}
+        for i, item in enumerate(staged):
+            if isinstance(item, StagedFile):
+                os.close(item.fd)
+                for d in [item.target.parent, *item.created_dirs]:
+                    folders.setdefault(d, []).append(i)
+            else:
+                folders.setdefault(self._path(item).parent, []).append(i)
+        for folder, users in folders.items():
+            try:
+                fsync_dir(folder)
+            except OSError as exc:
+                for i in users:
+                    errors[i] = errors[i] or StorageError(f"could not store in {folder}: {exc.strerror or exc}")
+        for i, item in enumerate(staged):
+            if errors[i] is not None and isinstance(item, StagedFile):
+                with contextlib.suppress(OSError):
+                    os.unlink(item.tmp)  # when the rename did not happen; the caller decides about the key
+        return errors
+
+    def discard(self, staged: StagedFile) -> None:
+        """Drop a staged file that will not be made durable."""
+        with contextlib.suppress(OSError):
+            os.close(staged.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(staged.tmp)
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -1,14 +1,18 @@
 """DICOM Storage SCP (C-ECHO, C-STORE for every storage SOP class and the common transfer syntaxes).
 
-pynetdicom runs each association in its own thread: the file is written and fsync'd there, and
-the index row is written on the service's event loop; the success status goes back only after
-both. Any failure answers a DICOM failure status and leaves neither file nor row behind.
+pynetdicom runs each association in its own thread: the object is checked and its file written
+there, then the group-commit writer (imaging_source.group_commit, on the service's event loop)
+makes it durable and indexes it together with the instances of every other association; the
+success status goes back only after both. Any failure answers a DICOM failure status and leaves
+neither file nor row behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +21,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from imaging_source.ingest import RejectedInstance, StoredInstance, index_stored, store_file
-from imaging_source.storage import Storage, StorageError
+from imaging_source.group_commit import GroupCommitWriter
+from imaging_source.ingest import RejectedInstance, StoredInstance, prepare
+from imaging_source.storage import FileStorage
 
 log = logging.getLogger(__name__)
 
@@ -39,43 +44,52 @@ class StorageSCPConfig:
     max_pdu: int = 1 << 20
 
 
-def make_store_handler(storage: Storage, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop,
+def make_store_handler(storage: FileStorage, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop,
                        config: StorageSCPConfig,
-                       on_stored: Callable[[StoredInstance, bool], None] | None = None) -> Callable[..., int]:
-    """The EVT_C_STORE handler: returns the status for the C-STORE response."""
+                       on_stored: Callable[[StoredInstance, bool], None] | None = None,
+                       writer: GroupCommitWriter | None = None) -> Callable[..., int]:
+    """The EVT_C_STORE handler: returns the status for the C-STORE response.
+
+    It checks the object and stages its file here, in the association's thread, then waits while
+    the group-commit writer makes it durable and indexes it together with whatever else arrived.
+    """
+    if writer is None:
+        writer = GroupCommitWriter(storage, pool, loop)
+        writer.start()
 
     def handle_store(event: evt.Event) -> int:
         request = event.request
         try:
             data = event.encoded_dataset(include_meta=True)
-            stored = store_file(data, storage, issuer_oid=config.issuer_oid, issuer_ns=config.issuer_ns)
+            info, key = prepare(data, issuer_oid=config.issuer_oid, issuer_ns=config.issuer_ns)
         except RejectedInstance as exc:
             log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, exc.reason)
             return exc.status
-        except StorageError as exc:
-            log.error("C-STORE of %s failed: %s", request.AffectedSOPInstanceUID, exc)
-            return STATUS_OUT_OF_RESOURCES
         except Exception:
             log.exception("C-STORE of %s failed", request.AffectedSOPInstanceUID)
             return STATUS_CANNOT_UNDERSTAND
-        info = stored.info
         mismatch = None
         if request.AffectedSOPInstanceUID and str(request.AffectedSOPInstanceUID) != info.sop_instance_uid:
             mismatch = "Affected SOP Instance UID differs from the dataset's SOP Instance UID"
         elif request.AffectedSOPClassUID and str(request.AffectedSOPClassUID) != info.sop_class_uid:
             mismatch = "Affected SOP Class UID differs from the dataset's SOP Class UID"
         if mismatch:
-            if not stored.replaced:
-                storage.delete(stored.key)
             log.warning("C-STORE of %s refused: %s", request.AffectedSOPInstanceUID, mismatch)
             return STATUS_DATASET_MISMATCH
         try:
-            future = asyncio.run_coroutine_threadsafe(index_stored(stored, storage, pool), loop)
+            replaced = storage.exists(key)
+            staged = None if replaced else storage.stage(key, data)
+            stored = StoredInstance(info, key, len(data), replaced)
+            try:
+                future = writer.submit(stored, staged)
+            except RuntimeError:  # the service's loop is closing: the writer will not see this one
+                if staged is not None:
+                    storage.discard(staged)
+                raise
+            # After a timeout the writer may still keep the instance: the sender, told it failed, sends it again.
             is_new = future.result(INDEX_TIMEOUT)
         except Exception as exc:
-            if not stored.replaced:
-                storage.delete(stored.key)
-            log.error("C-STORE of %s: indexing failed: %s", info.sop_instance_uid, exc)
+            log.error("C-STORE of %s failed: %s", info.sop_instance_uid, exc)
             return STATUS_OUT_OF_RESOURCES
         if on_stored is not None:
             on_stored(stored, is_new)
@@ -97,12 +111,28 @@ def build_ae(config: StorageSCPConfig) -> AE:
     return ae
 
 
-def start_storage_scp(storage: Storage, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop,
+class _SharedPortServer(ThreadedAssociationServer):
+    """Binds with SO_REUSEPORT, so that several processes listen on one port and the kernel spreads the
+    associations over them (see imaging_source.scp_workers)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def start_storage_scp(storage: FileStorage, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop,
                       config: StorageSCPConfig,
-                      on_stored: Callable[[StoredInstance, bool], None] | None = None) -> ThreadedAssociationServer:
+                      on_stored: Callable[[StoredInstance, bool], None] | None = None,
+                      shared_port: bool = False) -> ThreadedAssociationServer:
     """Start listening (in background threads); stop with ``server.shutdown()``."""
     ae = build_ae(config)
-    handlers = [(evt.EVT_C_STORE, make_store_handler(storage, pool, loop, config, on_stored))]
-    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
-    assert server is not None
+    writer = GroupCommitWriter(storage, pool, loop)
+    writer.start()
+    handlers = [(evt.EVT_C_STORE, make_store_handler(storage, pool, loop, config, on_stored, writer))]
+    if not shared_port:
+        server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
+        assert server is not None
+        return server
+    server = ae.make_server((config.host, config.port), evt_handlers=handlers, server_class=_SharedPortServer)
+    threading.Thread(target=server.serve_forever, name=f"AcceptorServer:{config.port}", daemon=True).start()
     return server

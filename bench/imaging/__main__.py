@@ -1,11 +1,15 @@
 """Imaging source benchmark: a 1,000-instance CT-sized study (512x512, 16 bit) through the whole path.
 
-    python -m bench.imaging [--database-url ADMIN_URL] [--instances 1000] [--runs 3]
+    python -m bench.imaging [--database-url ADMIN_URL] [--instances 1000] [--rounds 3] [--runs 3]
 
 Measures, with real processes on loopback:
-- C-STORE ingest (dcmtk storescu, one association) into ``xds-imaging-source``: instances/s;
+- C-STORE ingest (dcmtk storescu, one association, then four in parallel) into ``xds-imaging-source``
+  and into Orthanc (Debian's package, its default durable settings, a fresh one per measurement on a
+  temporary folder), interleaved, ``--rounds`` times: instances/s, and the load average meanwhile;
+- the same sends to a pynetdicom Storage SCP that keeps nothing (bench/imaging/null_scp.py): what the
+  DICOM stack alone allows in one Python process on this machine;
 - time from the last instance's C-STORE response to the manifest registered (RAD-68 through a
-  real repository and registry), with the quiet period shown separately;
+  real repository and registry), with the quiet period shown separately, after each of our ingests;
 - WADO-RS whole-study retrieve (``transfer-syntax=*``, curl reading the stream) MB/s, side by side
   with Orthanc + its DICOMweb plugin (Debian orthanc, orthanc-dicomweb) serving the same study.
 Prints a Markdown block for docs/benchmarks.md and writes JSON to bench/results/.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -181,6 +186,9 @@ def main() -> int:
                         help="a PostgreSQL URL allowed to create databases")
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3, help="retrieves per server (the best and median are shown)")
+    parser.add_argument("--rounds", type=int, default=3, help="ingest measurements per server and association count")
+    parser.add_argument("--dicom-workers", type=int, default=os.cpu_count() or 1,
+                        help="xds-imaging-source --dicom-workers (default: one per core)")
     args = parser.parse_args()
     storescu = need("storescu", "dcmtk")
     orthanc = need("Orthanc", "orthanc")
@@ -210,27 +218,37 @@ def main() -> int:
                             str(work / "instances"), "--repository-url", f"http://127.0.0.1:{repo_port}/repository",
                             "--pix-port", str(mllp_port), "--affinity-domain-oid", AFFINITY_OID,
                             "--patient-id-issuer-oid", HOSPITAL_OID, "--quiet-period", str(QUIET_PERIOD),
-                            "--tracker-interval", "0.1", "--log-level", "WARNING"],
+                            "--tracker-interval", "0.1", "--dicom-workers", str(args.dicom_workers),
+                            "--log-level", "WARNING"],
                            work / "imaging_source.log", http_port, dicom_port))
         files = sorted((work / "study").glob("*.dcm"))
 
-        t0 = time.time()
-        subprocess.run([storescu, "-aec", "XDSI_SOURCE", "127.0.0.1", str(dicom_port), *map(str, files)], check=True)
-        last_instance = time.time()
-        ingest_rate = len(files) / (last_instance - t0)
-        published = asyncio.run(manifest_published_at(imaging_db, study_uid))
-        to_manifest = published - last_instance
-
-        # Orthanc with the same study.
-        o_http, o_dicom = free_port(), free_port()
-        (work / "orthanc.json").write_text(json.dumps({
-            "Name": "bench", "StorageDirectory": str(work / "orthanc"), "IndexDirectory": str(work / "orthanc"),
-            "HttpPort": o_http, "DicomPort": o_dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "StorageCompression": False, "Plugins": [ORTHANC_DICOMWEB],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "HttpServer": {"KeepAlive": True},
-        }))
-        procs.append(start([orthanc, str(work / "orthanc.json")], work / "orthanc.log", o_http, o_dicom))
-        subprocess.run([storescu, "-aec", "ORTHANC", "127.0.0.1", str(o_dicom), *map(str, files)], check=True)
+        null_port = free_port()
+        procs.append(start([sys.executable, "-m", "bench.imaging.null_scp", str(null_port)], work / "null_scp.log",
+                           null_port))
+        ingest: dict[str, list[dict]] = {}
+        to_manifest: list[float] = []
+        orthanc_proc: subprocess.Popen | None = None
+        for round_ in range(args.rounds):
+            for associations in (1, 4):
+                reset_ours(imaging_db, work / "instances")
+                run = send(storescu, "XDSI_SOURCE", dicom_port, files, associations)
+                ingest.setdefault(f"xds-imaging-source, {associations} association(s)", []).append(run)
+                to_manifest.append(asyncio.run(manifest_published_at(imaging_db, study_uid)) - run["last_response"])
+                print(f"round {round_ + 1}: xds-imaging-source, {associations} association(s): "
+                      f"{run['rate']:.0f}/s (load {run['load']}); manifest {to_manifest[-1]:.1f} s", flush=True)
+                if orthanc_proc is not None:
+                    stop(orthanc_proc)
+                o_http, o_dicom, orthanc_proc = start_orthanc(orthanc, work, f"orthanc-{round_}-{associations}")
+                procs.append(orthanc_proc)
+                run = send(storescu, "ORTHANC", o_dicom, files, associations)
+                ingest.setdefault(f"Orthanc, {associations} association(s)", []).append(run)
+                print(f"round {round_ + 1}: Orthanc, {associations} association(s): {run['rate']:.0f}/s "
+                      f"(load {run['load']})", flush=True)
+                run = send(storescu, "NULL_SCP", null_port, files, associations)
+                ingest.setdefault(f"pynetdicom SCP keeping nothing, {associations} association(s)", []).append(run)
+                print(f"round {round_ + 1}: pynetdicom SCP keeping nothing, {associations} association(s): "
+                      f"{run['rate']:.0f}/s (load {run['load']})", flush=True)
 
         ours_url = f"http://127.0.0.1:{http_port}/dicomweb/studies/{study_uid}"
         orthanc_url = f"http://127.0.0.1:{o_http}/dicom-web/studies/{study_uid}"
@@ -253,32 +271,95 @@ def main() -> int:
 
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "instances": args.instances, "study_mb": study_bytes / 1e6,
-        "ingest_instances_per_s": ingest_rate,
-        "last_instance_to_registered_manifest_s": to_manifest, "quiet_period_s": QUIET_PERIOD,
+        "machine": machine(), "instances": args.instances, "study_mb": study_bytes / 1e6,
+        "dicom_workers": args.dicom_workers, "rounds": args.rounds,
+        "ingest": ingest, "last_instance_to_registered_manifest_s": to_manifest, "quiet_period_s": QUIET_PERIOD,
         "retrieve_mb_per_s": {k: {"best": max(v), "median": statistics.median(v), "runs": v} for k, v in rates.items()},
     }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"imaging-{report['date'].replace(':', '')}.json").write_text(json.dumps(report, indent=2))
     ours, theirs = report["retrieve_mb_per_s"]["xds-imaging-source"], report["retrieve_mb_per_s"]["Orthanc"]
-    rows = [
-        ("C-STORE ingest (dcmtk storescu, one association; fsync + PostgreSQL index per instance)",
-         f"{ingest_rate:.0f} instances/s"),
-        ("last instance to manifest registered (RAD-68 via repository and registry)",
-         f"{to_manifest:.1f} s, of which {QUIET_PERIOD:.0f} s quiet period"),
-        ("WADO-RS whole study, transfer-syntax=* (curl), xds-imaging-source",
-         f"{ours['median']:.0f} MB/s median, {ours['best']:.0f} best"),
-        (f"WADO-RS whole study, same request, Orthanc {orthanc_version()} + DICOMweb plugin",
-         f"{theirs['median']:.0f} MB/s median, {theirs['best']:.0f} best"),
-    ]
-    print(f"\n### Imaging source ({report['date'][:10]}, {report['machine']})\n")
-    print(f"{args.instances} CT instances, 512x512 16 bit ({report['study_mb']:.0f} MB), everything on loopback.\n")
+    print(f"\n### {report['date'][:10]}, {report['machine']}\n")
+    print(f"{args.instances} CT instances, 512x512 16 bit ({report['study_mb']:.0f} MB), everything on loopback; "
+          f"xds-imaging-source with --dicom-workers {args.dicom_workers}, Orthanc {orthanc_version()} with its "
+          f"default durable settings. {args.rounds} rounds, interleaved.\n")
+    print("| C-STORE ingest (dcmtk storescu) | " + " | ".join(f"round {n + 1} (load)" for n in range(args.rounds))
+          + " | median |")
+    print("| --- |" + " --- |" * (args.rounds + 1))
+    for name, runs in ingest.items():
+        cells = " | ".join(f"{r['rate']:.0f}/s ({r['load']})" for r in runs)
+        print(f"| {name} | {cells} | {statistics.median(r['rate'] for r in runs):.0f}/s |")
+    print()
     print("| measure | result |\n| --- | --- |")
-    for measure, result in rows:
-        print(f"| {measure} | {result} |")
+    print(f"| last instance to manifest registered (RAD-68 via repository and registry) | median "
+          f"{statistics.median(to_manifest):.1f} s (of which {QUIET_PERIOD:.0f} s quiet period), "
+          f"{min(to_manifest):.1f} to {max(to_manifest):.1f} s |")
+    print(f"| WADO-RS whole study, transfer-syntax=* (curl), xds-imaging-source | {ours['median']:.0f} MB/s median, "
+          f"{ours['best']:.0f} best |")
+    print(f"| WADO-RS whole study, same request, Orthanc {orthanc_version()} + DICOMweb plugin | "
+          f"{theirs['median']:.0f} MB/s median, {theirs['best']:.0f} best |")
     return 0
+
+
+def machine() -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{platform.machine()}, nproc {os.cpu_count()} ({model}), Linux {platform.release()}, " \
+           f"Python {platform.python_version()}"
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def send(storescu: str, aet: str, port: int, files: list[Path], associations: int) -> dict:
+    """C-STORE every file with ``associations`` storescu processes in parallel (files dealt round-robin)."""
+    before = load()
+    t0 = time.time()
+    senders = [subprocess.Popen([storescu, "-aec", aet, "127.0.0.1", str(port), *map(str, files[i::associations])])
+               for i in range(associations)]
+    codes = [p.wait(1800) for p in senders]
+    last = time.time()
+    if any(codes):
+        raise RuntimeError(f"storescu to {aet} exited with {codes}")
+    return {"rate": len(files) / (last - t0), "seconds": last - t0, "last_response": last,
+            "load": f"{before} .. {load()}"}
+
+
+def reset_ours(imaging_db: str, storage: Path) -> None:
+    """Empty the imaging source between measurements (tables and instance files), so each ingest is new."""
+    from imaging_source.store import TABLES
+
+    asyncio.run(admin_sql(imaging_db, f"TRUNCATE {TABLES} CASCADE"))
+    shutil.rmtree(storage, ignore_errors=True)
+
+
+def start_orthanc(orthanc: str, work: Path, name: str) -> tuple[int, int, subprocess.Popen]:
+    """A fresh Orthanc on a temporary folder and free ports, its durability settings left at their defaults
+    (SyncStorageArea true, SQLite index)."""
+    o_http, o_dicom = free_port(), free_port()
+    config = work / f"{name}.json"
+    config.write_text(json.dumps({
+        "Name": name, "StorageDirectory": str(work / name), "IndexDirectory": str(work / name),
+        "HttpPort": o_http, "DicomPort": o_dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "Plugins": [ORTHANC_DICOMWEB],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "HttpServer": {"KeepAlive": True},
+    }))
+    return o_http, o_dicom, start([orthanc, str(config)], work / f"{name}.log", o_http, o_dicom)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def orthanc_version() -> str:
