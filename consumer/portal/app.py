@@ -118,7 +118,7 @@ def build_app(portal: Portal) -> web.Application:
                            "in again", 400)
         try:
             async with portal.pool.acquire() as conn:
-                identity, return_to = await portal.oidc.finish(conn, state, code)
+                identity, return_to = await portal.oidc.finish(conn, state, code, request.query.get("iss"))
                 old = request.cookies.get(COOKIE)
                 if old:
                     await delete_session(conn, old)

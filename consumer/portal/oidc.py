@@ -115,14 +115,19 @@ class OidcClient:
                            state, nonce, verifier, return_to)
         return url, state
 
-    async def finish(self, conn: asyncpg.Connection, state: str, code: str) -> tuple[Identity, str]:
-        """Exchange the code for tokens, check the ID token, read the user; (identity, return_to)."""
+    async def finish(self, conn: asyncpg.Connection, state: str, code: str,
+                     iss: str | None = None) -> tuple[Identity, str]:
+        """Exchange the code for tokens, check the ID token, read the user; (identity, return_to).
+
+        ``iss`` is the authorization response's issuer (RFC 9207) when the provider sends one."""
         login = await conn.fetchrow(
             "DELETE FROM portal_login WHERE state = $1 AND created_at > now() - make_interval(secs => $2) "
             "RETURNING nonce, code_verifier, return_to", state, float(LOGIN_LIFETIME))
         if login is None:
             raise SignInError("this sign-in is unknown or took too long; please sign in again")
         metadata = await self.metadata()
+        if iss is not None and iss.rstrip("/") != str(metadata["issuer"]).rstrip("/"):
+            raise SignInError("the sign-in answer comes from another identity provider")
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.settings.redirect_url,
                 "code_verifier": login["code_verifier"]}
         supported = metadata.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]

@@ -71,8 +71,10 @@ def new_user(iam_server, name: str, groups: list[str]):
     return user
 
 
-def sign_in(iam_server, client, user, portal_url: str, next_path: str | None = None) -> requests.Session:
-    """The browser's round trip: portal -> provider (signed in, consented) -> portal callback."""
+def provider_round_trip(iam_server, client, user, portal_url: str,
+                        next_path: str | None = None) -> tuple[requests.Session, requests.Response]:
+    """The browser's round trip: portal -> provider (signed in, consented) -> portal callback; the browser and
+    the portal's answer to the callback."""
     browser = requests.Session()
     start = browser.get(f"{portal_url}/login", params={"next": next_path} if next_path else None,
                         allow_redirects=False, timeout=30)
@@ -89,10 +91,14 @@ def sign_in(iam_server, client, user, portal_url: str, next_path: str | None = N
     assert answer.status_code == 302, answer.text[:2000]
     callback = answer.headers["Location"]
     assert urlsplit(callback).path == "/auth/callback", callback
-    done = browser.get(callback, allow_redirects=False, timeout=30)
+    return browser, browser.get(callback, allow_redirects=False, timeout=30)
+
+
+def sign_in(iam_server, client, user, portal_url: str, next_path: str | None = None) -> requests.Session:
+    """A browser signed in to the portal."""
+    browser, done = provider_round_trip(iam_server, client, user, portal_url, next_path)
     assert done.status_code == 302, done.text
     assert "xds_portal_session" in browser.cookies
     browser.landing = done.headers["Location"]  # type: ignore[attr-defined]
     browser.set_cookie_header = done.headers.get("Set-Cookie", "")  # type: ignore[attr-defined]
     return browser
-

@@ -21,6 +21,7 @@ from consumer.client.soap import SoapClient
 from consumer.client.source import document_entry, provide_and_register, submission_package
 from consumer.portal import manifests
 from consumer.portal.sessions import token_hash
+from ihe import hl7
 from ihe.metadata.model import Identifiable, ReferenceId
 from tests.conftest import RunningService, free_port, start_registry_process
 from tests.imaging_source.conftest import sample_path, send_with_pynetdicom, start_imaging_source
@@ -28,6 +29,7 @@ from tests.portal.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,
     new_user,
+    provider_round_trip,
     register_client,
     sign_in,
     start_portal_process,
@@ -75,18 +77,19 @@ class Region:
     client: object
     user: object
     iam: object
+    family: str
 
 
 def _cx(value: str, oid: str) -> str:
     return f"{value}^^^&{oid}&ISO"
 
 
-async def _record_patient(url: str, identifiers: list[Identifiable]) -> None:
+async def _record_patient(url: str, identifiers: list[Identifiable], family: str) -> None:
     from registry.patients import Demographics, record_patient
 
     conn = await asyncpg.connect(url)
     try:
-        await record_patient(conn, identifiers, Demographics(family="Portal", given="Test", birth_date="19700101"))
+        await record_patient(conn, identifiers, Demographics(family=family, given="Test", birth_date="19700101"))
     finally:
         await conn.close()
 
@@ -136,10 +139,11 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
         started.append(source)
 
         nhs = valid_nhs_number()
+        family = f"Portal{uuid.uuid4().hex[:6]}"
         numbers = {"A": f"A{uuid.uuid4().hex[:8]}", "B": f"B{uuid.uuid4().hex[:8]}", "C": f"C{uuid.uuid4().hex[:8]}"}
         asyncio.run(_record_patient(registry_database_url, [
             Identifiable(nhs, NHS_OID), Identifiable(numbers["A"], HOSPITAL_A_OID),
-            Identifiable(numbers["B"], HOSPITAL_B_OID), Identifiable(numbers["C"], HOSPITAL_C_OID)]))
+            Identifiable(numbers["B"], HOSPITAL_B_OID), Identifiable(numbers["C"], HOSPITAL_C_OID)], family))
 
         ct = pydicom.dcmread(sample_path("CT_small.dcm"))
         ct.PatientID = numbers["A"]
@@ -179,7 +183,7 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
             "--oidc-organisation-claim", "groups:org-", "--query-deadline", "2")
         started.append(portal)
         yield Region(registry, repo_a, repo_b, repo_c, source, portal, registry_database_url, nhs, numbers,
-                     str(ct.StudyInstanceUID), docs, client, user, iam_server)
+                     str(ct.StudyInstanceUID), docs, client, user, iam_server, family)
     finally:
         for service in reversed(started):
             service.stop()
@@ -241,6 +245,26 @@ def test_sign_in_returns_to_the_page_asked_for(region):
     assert browser.landing == f"/patients/{region.nhs}"
     other = sign_in(region.iam, region.client, region.user, region.portal.url, "//evil.example/")
     assert other.landing == "/"
+
+
+def test_an_id_token_for_another_client_is_refused(region):
+    iam = region.iam
+    with iam.app.app_context():
+        other = iam.models.Client(client_id="someone-else", client_secret="x", client_name="other",
+                                  redirect_uris=["http://127.0.0.1:1/cb"], grant_types=["authorization_code"],
+                                  response_types=["code"], token_endpoint_auth_method="client_secret_basic",
+                                  scope=["openid"])
+        iam.backend.save(other)
+        region.client.audience = [other]
+        iam.backend.save(region.client)
+    try:
+        browser, answer = provider_round_trip(iam, region.client, region.user, region.portal.url)
+    finally:
+        with iam.app.app_context():
+            region.client.audience = [region.client]
+            iam.backend.save(region.client)
+    assert answer.status_code == 403 and "ID token is not valid" in answer.text
+    assert "xds_portal_session" not in browser.cookies
 
 
 def test_callback_without_the_browsers_login_state_is_refused(region):
@@ -331,6 +355,16 @@ def test_search_by_hospital_number_goes_through_pix(region, browser):
     unknown = _search(browser, region.portal.url, by="hospital", hospital="Hospital A",
                       hospital_number=region.numbers["B"])
     assert unknown.status_code == 422 and "no patient with number" in unknown.text
+
+
+@pytest.mark.xfail(not hasattr(hl7, "pdq_query"), strict=True,
+                   reason="the PDQ (ITI-21) client ihe.hl7.pdq_query comes with the backend branch")
+def test_search_by_family_name_and_birth_date_goes_through_pdq(region, browser):
+    answer = _search(browser, region.portal.url, by="name", family=region.family, birth_date="1970-01-01")
+    assert answer.status_code == 303 and answer.headers["Location"] == f"/patients/{region.nhs}", answer.text
+    nobody = _search(browser, region.portal.url, by="name", family=f"Nobody{uuid.uuid4().hex[:6]}",
+                     birth_date="1970-01-01")
+    assert nobody.status_code == 422 and "no patient called" in nobody.text
 
 
 # --- the list ----------------------------------------------------------------------------------------
