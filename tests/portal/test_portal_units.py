@@ -189,3 +189,20 @@ def test_cda_narrative_is_rendered_and_escaped():
         cda.read_cda(b"<html/>")
     with pytest.raises(cda.NotCDA):
         cda.read_cda(b'<!DOCTYPE x [<!ENTITY e "boom">]><ClinicalDocument xmlns="urn:hl7-org:v3"/>')
+
+
+def test_configuration_file_lists_and_environment(tmp_path):
+    from consumer.portal.cli import main
+    from consumer.portal.settings import OPTIONS
+    from ihe.config import build_parser, resolve
+
+    config = tmp_path / "portal.toml"
+    config.write_text('[portal]\nregistries = ["Region|http://r/registry"]\n'
+                      'hospitals = [["A", "1.1", "http://a/repository", "1.2.3"]]\nsession-idle = 60\n')
+    args = build_parser("portal", "", OPTIONS).parse_args(["--config", str(config)])
+    settings = PortalSettings.from_dict(resolve("portal", OPTIONS, args, {"XDS_PORTAL_SESSION_IDLE": "90"}))
+    assert settings.registries[0].url == "http://r/registry" and settings.hospitals[0].patient_id_oid == "1.2.3"
+    assert settings.session_idle == 90  # the environment wins over the file
+    with pytest.raises(SystemExit) as refused:
+        main(["--database-url", "postgresql://unused/x"])
+    assert refused.value.code == 2
