@@ -20,6 +20,7 @@ from consumer.portal.context import Portal
 from consumer.portal.oidc import OidcClient, SignInError
 from consumer.portal.sessions import (
     COOKIE,
+    PortalSession,
     clear_session_cookie,
     create_session,
     delete_session,
@@ -75,8 +76,23 @@ def _patient_or_400(request: web.Request, portal: Portal) -> str:
 
 def build_app(portal: Portal) -> web.Application:
     settings = portal.settings
+
+    async def bearer(access_token: str) -> PortalSession | None:
+        if portal.oidc is None:
+            return None
+        try:
+            identity = await portal.oidc.userinfo(access_token)
+        except (aiohttp.ClientError, OSError, SignInError, ValueError, KeyError, TimeoutError) as exc:
+            log.warning("identity provider unavailable for a bearer token: %s", exc)
+            raise web.HTTPServiceUnavailable(text="the identity provider cannot be reached to check the access "
+                                                  "token") from None
+        if identity is None:
+            return None
+        return PortalSession(identity.user_name, identity.role, identity.organisation, csrf_token="",
+                             subject=identity.subject)
+
     app = web.Application(middlewares=[session_middleware(
-        portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies)],
+        portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer)],
         client_max_size=64 * 1024)
     app["portal"] = portal
     app["templates"] = templates()

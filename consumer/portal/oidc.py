@@ -9,6 +9,7 @@ organisation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 LOGIN_LIFETIME = 600  # seconds a user has to come back from the provider
 METADATA_TTL = 3600
+BEARER_CACHE_SECONDS = 60
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
@@ -81,6 +83,7 @@ class OidcClient:
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
         self._jwks: KeySet | None = None
+        self._bearer_cache: dict[str, tuple[float, Identity | None]] = {}
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http, http.get(url) as response:
@@ -180,3 +183,26 @@ class OidcClient:
                 raise SignInError("the identity provider's ID token is for another client")
             return dict(token.claims)
         raise SignInError("the identity provider's ID token is not valid")
+
+    async def userinfo(self, access_token: str) -> Identity | None:
+        """The user an access token belongs to, asked of the provider's userinfo endpoint; None when the
+        provider does not accept the token. Answers are kept for ``BEARER_CACHE_SECONDS``."""
+        now = time.monotonic()
+        key = hashlib.sha256(access_token.encode("utf-8")).hexdigest()
+        hit = self._bearer_cache.get(key)
+        if hit is not None and now - hit[0] < BEARER_CACHE_SECONDS:
+            return hit[1]
+        metadata = await self.metadata()
+        endpoint = metadata.get("userinfo_endpoint")
+        if not endpoint:
+            return None
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http, http.get(
+                endpoint, headers={"Authorization": f"Bearer {access_token}"}) as response:
+            claims = await response.json(content_type=None) if response.status == 200 else None
+        identity = None
+        if isinstance(claims, dict) and claims.get("sub"):
+            identity = identity_from_claims(claims, self.settings)
+        if len(self._bearer_cache) > 10000:
+            self._bearer_cache.clear()
+        self._bearer_cache[key] = (now, identity)
+        return identity

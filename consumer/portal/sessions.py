@@ -108,20 +108,34 @@ async def check_csrf(request: web.Request, session: PortalSession) -> None:
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         sent = (await request.post()).get(CSRF_FIELD)
-    if not isinstance(sent, str) or not hmac.compare_digest(sent, session.csrf_token):
+    if not session.csrf_token or not isinstance(sent, str) or not hmac.compare_digest(sent, session.csrf_token):
         raise web.HTTPForbidden(text="refused: the form's CSRF token is missing or wrong (reload the page and "
                                      "try again)")
 
 
+BearerCheck = Callable[[str], Awaitable[PortalSession | None]]
+
+
 def session_middleware(pool: asyncpg.Pool, idle: int, lifetime: int, secure: bool,
-                       exempt_csrf: frozenset[str] = frozenset()) -> Callable:
-    """Loads ``request["session"]`` and checks the CSRF token of unsafe methods."""
+                       exempt_csrf: frozenset[str] = frozenset(), bearer: BearerCheck | None = None) -> Callable:
+    """Loads ``request["session"]`` and checks the CSRF token of unsafe methods.
+
+    With ``bearer``, a data path (``/api/``) may instead carry ``Authorization: Bearer <access token>``
+    of the same provider (an EPR calling the JSON twin); such requests are read-only (GET)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         token = request.cookies.get(COOKIE)
         expired = False
-        if token:
+        authorization = request.headers.get("Authorization", "")
+        if (bearer is not None and not token and request.method == "GET" and request.path.startswith("/api/")
+                and authorization[:7].lower() == "bearer "):
+            session = await bearer(authorization[7:].strip())
+            if session is None:
+                raise web.HTTPUnauthorized(text="the access token is not valid at the identity provider",
+                                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            request["session"] = session
+        elif token:
             async with pool.acquire() as conn:
                 session = await load_session(conn, token, idle, lifetime)
             if session is not None:

@@ -414,6 +414,21 @@ async def _locate(url: str, study_uid: str) -> str | None:
         await pool.close()
 
 
+def test_an_epr_reads_the_json_twin_with_an_access_token_of_the_provider(region):
+    with region.iam.app.app_context():
+        token = region.iam.random_token(region.user, region.client)
+    api = f"{region.portal.url}/api/patients/{region.nhs}/documents"
+    answer = requests.get(api, headers={"Authorization": f"Bearer {token.access_token}"}, timeout=30)
+    assert answer.status_code == 200
+    assert region.docs["text"] in {r["document_unique_id"] for r in answer.json()["rows"]}
+    refused = requests.get(api, headers={"Authorization": "Bearer not-a-token"}, timeout=30)
+    assert refused.status_code == 401 and "invalid_token" in refused.headers["WWW-Authenticate"]
+    # Only the JSON twin, and only to read: pages and forms still need a signed-in browser.
+    page = requests.get(f"{region.portal.url}/patients/{region.nhs}", allow_redirects=False,
+                        headers={"Authorization": f"Bearer {token.access_token}"}, timeout=30)
+    assert page.status_code == 302
+
+
 def test_filters_apply_to_the_page_and_its_json_twin(region, browser):
     api = f"{region.portal.url}/api/patients/{region.nhs}/documents"
     only_b = browser.get(api, params={"hospital": "Hospital B"}, timeout=30).json()["rows"]
