@@ -11,7 +11,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from consumer.client.retrieve import DocumentRequest, retrieve_document_set
-from consumer.client.soap import SoapClient
+from consumer.client.soap import SoapClient, SoapFaultError
 
 KOS_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.59"
 
@@ -93,8 +93,11 @@ async def store(conn: asyncpg.Connection, repository_unique_id: str, document_un
 async def fetch(client: SoapClient, repository_url: str, repository_unique_id: str,
                 document_unique_id: str) -> ManifestInfo:
     """ITI-43 the manifest and read it."""
-    result = await retrieve_document_set(client, repository_url,
-                                         [DocumentRequest(repository_unique_id, document_unique_id)])
+    try:
+        result = await retrieve_document_set(client, repository_url,
+                                             [DocumentRequest(repository_unique_id, document_unique_id)])
+    except SoapFaultError as exc:  # an answer, so the repository is up; this manifest is not to be had
+        raise ManifestError(f"the repository refused to return the manifest: {exc}") from None
     doc = next((d for d in result.documents if d.document_unique_id == document_unique_id), None)
     if doc is None or doc.data is None:
         reason = "; ".join(f"{e.code}: {e.context}" for e in result.errors) or result.status

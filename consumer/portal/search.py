@@ -142,7 +142,8 @@ async def by_name_and_birth_date(settings: PortalSettings, family: str, birth_da
         raise SearchError("search by name and birth date needs PDQ (ITI-21), which this installation lacks")
     host, port = _mllp(settings)
     try:
-        matches = await pdq_query(host, port, family, born)
+        matches = await pdq_query(host, port, family=family, birth_date=born.strftime("%Y%m%d"),
+                                  domains=[settings.affinity_domain_oid], timeout=MLLP_TIMEOUT)
     except Exception as exc:  # the client's own error types; any means the registry gave no answer
         raise SearchError(f"the registry could not be asked (PDQ): {exc}") from None
     candidates = candidates_from_pdq(list(matches), settings)

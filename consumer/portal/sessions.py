@@ -29,6 +29,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
                            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 # Paths answered as data (JSON, DICOMweb): no session means 401, not a redirect to the sign-in page.
 API_PREFIXES = ("/api/", "/dicomweb")
+PUBLIC_PREFIXES = ("/static/",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,8 @@ def session_middleware(pool: asyncpg.Pool, idle: int, lifetime: int, secure: boo
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if request.path.startswith(PUBLIC_PREFIXES):  # static files: no database round trip
+            return await handler(request)
         token = request.cookies.get(COOKIE)
         expired = False
         authorization = request.headers.get("Authorization", "")

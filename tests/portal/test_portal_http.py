@@ -223,6 +223,9 @@ def test_front_page_is_a_sign_in_page_with_strict_headers(region):
     assert "default-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert "unsafe-inline" not in csp
     assert page.headers["X-Content-Type-Options"] == "nosniff"
+    style = requests.get(f"{region.portal.url}/static/portal.css", timeout=30)
+    assert style.status_code == 200 and style.headers["Content-Type"].startswith("text/css")
+    assert style.headers["Content-Security-Policy"] == csp
 
 
 def test_sign_in_at_the_provider_gives_a_server_side_session(region, browser):
