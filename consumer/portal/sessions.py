@@ -30,6 +30,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
 # Paths answered as data (JSON, DICOMweb): no session means 401, not a redirect to the sign-in page.
 API_PREFIXES = ("/api/", "/dicomweb")
 PUBLIC_PREFIXES = ("/static/",)
+CACHEABLE_PREFIXES = ("/static/", "/viewer/")  # application files, no patient data
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,4 +172,5 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Cache-Control", "no-store")
+    if not request.path.startswith(CACHEABLE_PREFIXES):  # pages, JSON and documents carry patient data
+        headers.setdefault("Cache-Control", "no-store")

@@ -225,7 +225,8 @@ def test_front_page_is_a_sign_in_page_with_strict_headers(region):
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     style = requests.get(f"{region.portal.url}/static/portal.css", timeout=30)
     assert style.status_code == 200 and style.headers["Content-Type"].startswith("text/css")
-    assert style.headers["Content-Security-Policy"] == csp
+    assert style.headers["Content-Security-Policy"] == csp and "no-store" not in style.headers.get("Cache-Control", "")
+    assert page.headers["Cache-Control"] == "no-store"
 
 
 def test_sign_in_at_the_provider_gives_a_server_side_session(region, browser):
