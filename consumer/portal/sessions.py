@@ -102,7 +102,8 @@ def require_session(request: web.Request) -> PortalSession:
     if is_api(request):
         raise web.HTTPUnauthorized(text="sign in to the portal first: no valid session",
                                    headers={"WWW-Authenticate": 'Cookie realm="xds-portal"'})
-    raise web.HTTPFound(f"/login?next={quote(request.path_qs, safe='')}")
+    back = request.path_qs if request.method == "GET" else "/"  # a form's target cannot be gone back to
+    raise web.HTTPFound(f"/login?next={quote(back, safe='')}")
 
 
 async def check_csrf(request: web.Request, session: PortalSession) -> None:
