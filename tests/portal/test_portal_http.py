@@ -25,6 +25,7 @@ from ihe import hl7
 from ihe.metadata.model import Identifiable, ReferenceId
 from tests.conftest import RunningService, free_port, start_registry_process
 from tests.imaging_source.conftest import sample_path, send_with_pynetdicom, start_imaging_source
+from tests.messages import register_request
 from tests.portal.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -59,6 +60,7 @@ CDA = b"""<?xml version="1.0" encoding="UTF-8"?>
 </ClinicalDocument>
 """
 SILENT = "Silent registry"
+HOSPITAL_D_REPOSITORY = "1.2.826.0.1.95.1"
 
 
 @dataclass
@@ -165,6 +167,13 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
             "c": asyncio.run(_submit(repo_c, nhs, _cx(numbers["C"], HOSPITAL_C_OID), b"from C", "text/plain",
                                      "Letter from C", "20210101000000")),
         }
+        # Hospital D's repository accepts connections and never answers: its row must be marked, in time.
+        envelope, built = register_request(_cx(nhs, NHS_OID), repository_unique_id=HOSPITAL_D_REPOSITORY,
+                                           title="Letter from D", mime_type="text/plain", event_codes=())
+        registered = requests.post(registry.url, data=envelope, timeout=30, headers={
+            "Content-Type": 'application/soap+xml; charset=UTF-8; action="urn:ihe:iti:2007:RegisterDocumentSet-b"'})
+        assert "ResponseStatusType:Success" in registered.text, registered.text[:2000]
+        docs["d"] = built.document_unique_id
         asyncio.run(_wait_for_manifest(registry.url, nhs))
 
         port = free_port()
@@ -173,7 +182,8 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
         hospitals = ";".join([
             f"Hospital A|{repo_a.repository_unique_id}|{repo_a.url}|{HOSPITAL_A_OID}",
             f"Hospital B|{repo_b.repository_unique_id}|{repo_b.url}|{HOSPITAL_B_OID}",
-            f"Hospital C|{repo_c.repository_unique_id}|{repo_c.url}|{HOSPITAL_C_OID}"])
+            f"Hospital C|{repo_c.repository_unique_id}|{repo_c.url}|{HOSPITAL_C_OID}",
+            f"Hospital D|{HOSPITAL_D_REPOSITORY}|http://127.0.0.1:{silent.getsockname()[1]}/repository"])
         portal = start_portal_process(
             registry_database_url, port, tmp / "portal.log",
             "--registries", f"Region|{registry.url};{SILENT}|http://127.0.0.1:{silent.getsockname()[1]}/registry",
@@ -385,7 +395,7 @@ def test_the_list_has_every_hospitals_rows_newest_first(region, browser):
     assert {by_doc[region.docs[k]]["hospital"] for k in ("pdf",)} == {"Hospital A"}
     assert by_doc[region.docs["text"]]["hospital"] == by_doc[region.docs["cda"]]["hospital"] == "Hospital B"
     dates = [r["date"] for r in rows]
-    assert dates == sorted(dates, reverse=True) and len(rows) == 5
+    assert dates == sorted(dates, reverse=True) and len(rows) == 6
     [imaging] = [r for r in rows if r["kind"] == "imaging"]
     assert imaging["hospital"] == "Hospital A" and imaging["study_uid"] == region.study_uid
     assert (imaging["series_count"], imaging["image_count"]) == (1, 1)
@@ -397,6 +407,9 @@ def test_the_list_has_every_hospitals_rows_newest_first(region, browser):
     # The silent registry is marked and cost no more than the deadline (2 s).
     silent = [s for s in body["sources"] if s["name"] == SILENT]
     assert silent and not silent[0]["ok"] and "no answer within 2 s" in silent[0]["reason"]
+    # So is the silent repository's row, and only its row.
+    assert by_doc[region.docs["d"]]["status"] == "source unreachable"
+    assert "Hospital D: no answer within 2 s" in by_doc[region.docs["d"]]["status_reason"]
     assert elapsed < 10
     # The manifest was read once and kept; the proxy's locate() finds the imaging source's DICOMweb root.
     locate = asyncio.run(_locate(region.database_url, region.study_uid))
