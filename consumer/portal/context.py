@@ -1,0 +1,39 @@
+"""What every portal handler needs: settings, the database pool, HTTP/SOAP clients, the sign-in client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import asyncpg
+
+from consumer.client.soap import SoapClient
+from consumer.portal.settings import PortalSettings
+
+if TYPE_CHECKING:
+    from consumer.portal.oidc import OidcClient
+
+
+@dataclass(slots=True)
+class Portal:
+    settings: PortalSettings
+    pool: asyncpg.Pool
+    http: aiohttp.ClientSession  # plain HTTP (reachability probes, the DICOMweb proxy)
+    soap: SoapClient  # ITI-18, ITI-43
+    oidc: OidcClient | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # background tasks, for shutdown
+
+    async def locate(self, study_uid: str) -> str | None:
+        """The DICOMweb root of the imaging source holding ``study_uid`` (for the DICOMweb proxy)."""
+        from consumer.portal.manifests import locate
+
+        return await locate(self.pool, study_uid)
+
+    async def close(self) -> None:
+        for task in self.extras.values():
+            if hasattr(task, "cancel"):
+                task.cancel()
+        await self.soap.close()
+        await self.http.close()
+        await self.pool.close()

@@ -1,0 +1,144 @@
+"""Portal configuration: the options of ``xds-portal`` and the parsed region description."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ihe.config import Option
+
+OPTIONS: list[Option] = [
+    Option("host", "address to listen on", "127.0.0.1"),
+    Option("port", "HTTP port of the portal", 8090, int),
+    Option("public-url", "base URL users reach the portal by (e.g. https://portal.example.org); default "
+           "http://HOST:PORT. Cookies are marked Secure when it is https"),
+    Option("database-url", "PostgreSQL URL (sessions, manifest cache); when absent an embedded PostgreSQL is "
+           "started in --data-dir"),
+    Option("data-dir", "folder for the embedded PostgreSQL's data", "data/portal", Path),
+    Option("registries", "registries queried with ITI-18, as NAME|URL separated by ';' (a TOML list works too)"),
+    Option("hospitals", "the region's hospitals as NAME|REPOSITORY_UNIQUE_ID|REPOSITORY_URL|HOSPITAL_NUMBER_OID "
+           "separated by ';' (a TOML list works too); ITI-43 goes to REPOSITORY_URL, hospital numbers of "
+           "HOSPITAL_NUMBER_OID are resolved with PIX (ITI-9)"),
+    Option("affinity-domain-oid", "assigning authority OID of the affinity domain patient id (the NHS number)",
+           "2.16.840.1.113883.2.1.4.1"),
+    Option("registry-mllp", "HOST:PORT of the registry's MLLP listener for PIX (ITI-9) and PDQ (ITI-21)"),
+    Option("oidc-issuer", "OpenID Connect issuer URL (its /.well-known/openid-configuration is read)"),
+    Option("oidc-client-id", "OpenID Connect client id of the portal"),
+    Option("oidc-client-secret", "OpenID Connect client secret of the portal"),
+    Option("oidc-redirect-url", "redirect URL registered at the provider; default PUBLIC-URL/auth/callback"),
+    Option("oidc-scope", "scopes asked for", "openid profile email groups"),
+    Option("oidc-role-claim", "claim naming the user's role (first value of a list)", "groups"),
+    Option("oidc-organisation-claim", "claim naming the user's organisation", "organization"),
+    Option("session-idle", "seconds without a request after which a session ends", 1800, int),
+    Option("session-lifetime", "seconds after sign-in after which a session ends whatever happens", 43200, int),
+    Option("query-deadline", "seconds every source (registry, repository) has to answer before its rows are "
+           "marked unreachable", 5.0, float),
+    Option("pool-size", "PostgreSQL connections", 10, int),
+    Option("log-level", "logging level", "INFO"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    name: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hospital:
+    name: str
+    repository_unique_id: str
+    repository_url: str
+    patient_id_oid: str | None = None
+
+
+def _entries(value: Any) -> list[list[str]]:
+    """'a|b;c|d' or ['a|b', 'c|d'] or [['a', 'b'], ...] -> [['a', 'b'], ['c', 'd']]."""
+    if not value:
+        return []
+    items = value.split(";") if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        parts = [p.strip() for p in item.split("|")] if isinstance(item, str) else [str(p).strip() for p in item]
+        if any(parts):
+            out.append(parts)
+    return out
+
+
+def parse_registries(value: Any) -> list[Registry]:
+    registries = []
+    for parts in _entries(value):
+        if len(parts) == 1:
+            parts = ["Registry", parts[0]]
+        if len(parts) != 2 or not parts[1]:
+            raise ValueError(f"registry {'|'.join(parts)!r} is not NAME|URL")
+        registries.append(Registry(parts[0] or parts[1], parts[1]))
+    return registries
+
+
+def parse_hospitals(value: Any) -> list[Hospital]:
+    hospitals = []
+    for parts in _entries(value):
+        if len(parts) not in (3, 4) or not all(parts[:3]):
+            raise ValueError(f"hospital {'|'.join(parts)!r} is not NAME|REPOSITORY_UNIQUE_ID|REPOSITORY_URL"
+                             "[|HOSPITAL_NUMBER_OID]")
+        hospitals.append(Hospital(parts[0], parts[1], parts[2], (parts[3] or None) if len(parts) == 4 else None))
+    return hospitals
+
+
+@dataclass(slots=True)
+class PortalSettings:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    public_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path("data/portal")
+    registries: list[Registry] = field(default_factory=list)
+    hospitals: list[Hospital] = field(default_factory=list)
+    affinity_domain_oid: str = "2.16.840.1.113883.2.1.4.1"
+    registry_mllp: str | None = None
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_redirect_url: str | None = None
+    oidc_scope: str = "openid profile email groups"
+    oidc_role_claim: str = "groups"
+    oidc_organisation_claim: str = "organization"
+    session_idle: int = 1800
+    session_lifetime: int = 43200
+    query_deadline: float = 5.0
+    pool_size: int = 10
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PortalSettings:
+        values = {k: v for k, v in values.items() if v is not None}
+        values["registries"] = parse_registries(values.get("registries"))
+        values["hospitals"] = parse_hospitals(values.get("hospitals"))
+        return cls(**values)
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")
+
+    @property
+    def redirect_url(self) -> str:
+        return self.oidc_redirect_url or f"{self.base_url}/auth/callback"
+
+    @property
+    def mllp_address(self) -> tuple[str, int] | None:
+        if not self.registry_mllp:
+            return None
+        host, _, port = self.registry_mllp.rpartition(":")
+        return (host or "127.0.0.1"), int(port)
+
+    def hospital_by_repository(self, repository_unique_id: str | None) -> Hospital | None:
+        return next((h for h in self.hospitals if h.repository_unique_id == repository_unique_id), None)
+
+    def hospital_by_name(self, name: str) -> Hospital | None:
+        return next((h for h in self.hospitals if h.name == name), None)
