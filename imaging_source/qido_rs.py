@@ -601,7 +601,7 @@ BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 INLINE_BINARY_LIMIT = 1024
 
 
-def file_dataset(source: ImagingSource, storage_key: str, keywords: tuple[str, ...] | None = None) -> JsonDataset:
+def file_dataset(source: ImagingSource, storage_key: str, keywords: tuple[str | int, ...] | None = None) -> JsonDataset:
     """DICOM JSON of a stored file's header (large binary values left out); {} when it cannot be read."""
     try:
         with source.storage.open(storage_key) as fh:
@@ -710,7 +710,17 @@ async def search_instances(source: ImagingSource, query: Query, params: Mapping[
         series_rows = await conn.fetch(_SERIES_SQL, None, sorted({r["series_uid"] for r in rows})) if rows else []
         study_of = await _studies_by_uid(conn, sorted({r["study_uid"] for r in rows}), base) if rows else {}
     series_of = {r["series_uid"]: series_dataset(r, base) for r in series_rows}
-    need_files = _needs_files(query, INSTANCE_INDEXED | SERIES_INDEXED | STUDY_COMPUTED, True)
+    indexed = INSTANCE_INDEXED | SERIES_INDEXED | STUDY_COMPUTED
+    need_files = _needs_files(query, indexed, True)
+    defaults = (*INSTANCE_DEFAULTS, STUDY_UID, SERIES_UID)
+    if not scope.series_uid:
+        defaults += SERIES_DEFAULTS
+    if not scope.study_uid:
+        defaults += STUDY_DEFAULTS
+    # Only what the index lacks is read from the files (all of it for includefield=all).
+    wanted = set(defaults) | {tag_key(t) for t in query.returned} | query.key_tags()
+    from_files = None if query.include_all else tuple(
+        int(t, 16) for t in sorted(wanted - indexed - _HEADER_TAGS))
     entities = []
     for r in rows:
         ds = dict(study_of.get(r["study_uid"], {}))
@@ -719,7 +729,9 @@ async def search_instances(source: ImagingSource, query: Query, params: Mapping[
         entities.append((r, ds))
 
     async def with_files(items: list) -> None:
-        files = await asyncio.to_thread(lambda: [file_dataset(source, r["storage_key"]) for r, _ in items])
+        if from_files == ():
+            return
+        files = await asyncio.to_thread(lambda: [file_dataset(source, r["storage_key"], from_files) for r, _ in items])
         for (_r, ds), extra in zip(items, files, strict=True):
             for k, v in extra.items():
                 ds.setdefault(k, v)
@@ -729,11 +741,6 @@ async def search_instances(source: ImagingSource, query: Query, params: Mapping[
     found = _page([e for e in entities if match(query, e[1])], query)
     if not need_files:
         await with_files(found)
-    defaults = (*INSTANCE_DEFAULTS, STUDY_UID, SERIES_UID)
-    if not scope.series_uid:
-        defaults += SERIES_DEFAULTS
-    if not scope.study_uid:
-        defaults += STUDY_DEFAULTS
     return [project(ds, query, defaults) for _, ds in found]
 
 
