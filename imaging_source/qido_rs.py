@@ -1,7 +1,8 @@
 """QIDO-RS (PS3.18 10.6): Search for Studies, Series and Instances, answered from the index.
 
-Answers are DICOM JSON (PS3.18 F.2). Matching follows PS3.4 C.2.2.2 as PS3.18 8.3.4 / 10.6.1.2
-ask: single value, UID list (comma-separated or the key repeated), wildcard ``*`` / ``?``,
+Answers are DICOM JSON (PS3.18 F.2), or PS3.19 XML parts of a multipart/related when asked.
+Matching follows PS3.4 C.2.2.2 as PS3.18 8.3.4 / 10.6.1.2 ask: single value, UID list
+(comma-separated or the key repeated), wildcard ``*`` / ``?``,
 date / time / datetime ranges (a date and its time given together are matched as one combined
 datetime), sequence matching with dotted paths, Person Names case-insensitively; empty value =
 universal matching (the attribute is returned). Keys of higher levels may be given at lower levels
@@ -24,6 +25,7 @@ import asyncio
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -747,16 +749,74 @@ async def search_instances(source: ImagingSource, query: Query, params: Mapping[
 # --- HTTP ------------------------------------------------------------------------------------------------
 
 
-def _accepts_json(header: str | None) -> bool:
-    return any(r.media in (DICOM_JSON, "application/json", "*/*", "application/*") for r in parse_accept(header))
+DICOM_XML = "application/dicom+xml"
+NATIVE_DICOM_NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
+_PN_PARTS = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")
+
+
+def response_type(header: str | None) -> str | None:
+    """DICOM_JSON or DICOM_XML (multipart/related, one part per result) as the Accept header prefers; None
+    when neither is acceptable. PS3.18 makes JSON the default."""
+    for r in parse_accept(header):
+        if r.media in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return DICOM_JSON
+        if r.media in ("multipart/related", "multipart/*") and r.params.get("type", DICOM_XML).lower() == DICOM_XML:
+            return DICOM_XML
+    return None
+
+
+def native_dicom_xml(dataset: JsonDataset) -> bytes:
+    """One result in the PS3.19 Native DICOM Model, from its DICOM JSON (PS3.18 F.2 and its XML twin)."""
+    from lxml import etree
+
+    def fill(parent, items: Mapping[str, Any]) -> None:
+        for tag, element in items.items():
+            vr = element.get("vr", "UN")
+            attribute = etree.SubElement(parent, f"{{{NATIVE_DICOM_NS}}}DicomAttribute", tag=tag, vr=vr)
+            keyword = keyword_for_tag(int(tag, 16))
+            if keyword:
+                attribute.set("keyword", keyword)
+            if "InlineBinary" in element:
+                etree.SubElement(attribute, f"{{{NATIVE_DICOM_NS}}}InlineBinary").text = element["InlineBinary"]
+            if "BulkDataURI" in element:
+                etree.SubElement(attribute, f"{{{NATIVE_DICOM_NS}}}BulkData", uri=element["BulkDataURI"])
+            for number, v in enumerate(element.get("Value") or [], start=1):
+                if vr == "SQ":
+                    fill(etree.SubElement(attribute, f"{{{NATIVE_DICOM_NS}}}Item", number=str(number)), v or {})
+                elif vr == "PN":
+                    name = etree.SubElement(attribute, f"{{{NATIVE_DICOM_NS}}}PersonName", number=str(number))
+                    for group in ("Alphabetic", "Ideographic", "Phonetic"):
+                        if (v or {}).get(group):
+                            node = etree.SubElement(name, f"{{{NATIVE_DICOM_NS}}}{group}")
+                            for part, text in zip(_PN_PARTS, v[group].split("^"), strict=False):
+                                if text:
+                                    etree.SubElement(node, f"{{{NATIVE_DICOM_NS}}}{part}").text = text
+                else:
+                    node = etree.SubElement(attribute, f"{{{NATIVE_DICOM_NS}}}Value", number=str(number))
+                    if v is not None:
+                        node.text = str(v)
+
+    root = etree.Element(f"{{{NATIVE_DICOM_NS}}}NativeDicomModel", nsmap={None: NATIVE_DICOM_NS})
+    root.set("{http://www.w3.org/XML/1998/namespace}space", "preserve")
+    fill(root, dataset)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def multipart_xml(results: list[JsonDataset]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode("ascii") + native_dicom_xml(r)
+                    + b"\r\n" for r in results) + f"--{boundary}--\r\n".encode("ascii")
+    return body, f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
 
 
 def build_routes(source: ImagingSource) -> web.RouteTableDef:
     routes = web.RouteTableDef()
 
     async def search(request: web.Request, level: Level, scope: Scope) -> web.Response:
-        if not _accepts_json(request.headers.get("Accept")):
-            raise web.HTTPNotAcceptable(text=f"search results are available as {DICOM_JSON}")
+        media = response_type(request.headers.get("Accept"))
+        if media is None:
+            raise web.HTTPNotAcceptable(text=f'search results are available as {DICOM_JSON} and as multipart/related; '
+                                        f'type="{DICOM_XML}"')
         for uid in (scope.study_uid, scope.series_uid):
             if uid is not None and not is_uid(uid):
                 raise web.HTTPBadRequest(text=f"{uid!r} in the path is not a valid DICOM UID")
@@ -780,6 +840,9 @@ def build_routes(source: ImagingSource) -> web.RouteTableDef:
             headers["Warning"] = ", ".join(f"299 {service}: {w}" for w in query.warnings)
         if not results:
             return web.Response(status=204, headers=headers)
+        if media == DICOM_XML:
+            body, content_type = multipart_xml(results)
+            return web.Response(body=body, headers={**headers, "Content-Type": content_type})
         return web.Response(body=json.dumps(results).encode(), content_type=DICOM_JSON, headers=headers)
 
     @routes.get(PREFIX + "/studies")

@@ -308,9 +308,35 @@ def test_bad_uid_in_path_and_unacceptable_media_type(qido_source):
     base = f"{qido_source[0].url}/dicomweb"
     status, _, _ = _get(f"{base}/studies/not-a-uid/series")
     assert status == 400
-    status, _, body = _get(f"{base}/studies", 'multipart/related; type="application/dicom+xml"')
+    status, _, body = _get(f"{base}/studies", "image/jpeg")
     assert status == 406
     assert b"application/dicom+json" in body
+
+
+def test_xml_results_one_part_each(qido_source, uids):
+    """multipart/related; type="application/dicom+xml": one PS3.19 Native DICOM Model document per match."""
+    from lxml import etree
+
+    from ihe.mtom import split_parts
+
+    ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    status, headers, body = _get(f"{qido_source[0].url}/dicomweb/studies?PatientName=smith*",
+                                 'multipart/related; type="application/dicom+xml"')
+    assert status == 200
+    assert headers["Content-Type"].startswith("multipart/related")
+    parts, params = split_parts(headers["Content-Type"], body)
+    assert params.get("type") == "application/dicom+xml"
+    assert [p.headers["content-type"] for p in parts] == ["application/dicom+xml"] * 2
+    docs = [etree.fromstring(b"".join(p.chunks)) for p in parts]
+    assert [d.findtext("d:DicomAttribute[@keyword='StudyInstanceUID']/d:Value", namespaces=ns) for d in docs] == [
+        uids["B"]["uid"], uids["A"]["uid"]]
+    anne = docs[1].find("d:DicomAttribute[@tag='00100010']/d:PersonName[@number='1']/d:Alphabetic", ns)
+    assert (anne.findtext("d:FamilyName", namespaces=ns), anne.findtext("d:GivenName", namespaces=ns)) == (
+        "Smith", "Anne")
+    assert docs[1].find("d:DicomAttribute[@keyword='NumberOfStudyRelatedInstances']", ns).get("vr") == "IS"
+    status, _, body = _get(f"{qido_source[0].url}/dicomweb/studies?PatientID=nobody",
+                           'multipart/related; type="application/dicom+xml"')
+    assert (status, body) == (204, b"")
 
 
 def test_fuzzymatching_is_literal_with_a_warning(qido_source, uids):
