@@ -539,17 +539,25 @@ def instance_dataset(row: Mapping[str, Any], base: str) -> JsonDataset:
     }
 
 
+# Studies in two steps: the candidates (with instances: a study IOCM emptied is not found) in answer order, then
+# the counts of only those that are returned, unless a key needs the counts to match.
 _STUDY_SQL = """
-SELECT s.study_uid, s.header, count(DISTINCT i.series_uid) AS series_count, count(*) AS instance_count,
-       array_agg(DISTINCT se.modality) FILTER (WHERE se.modality IS NOT NULL) AS modalities,
-       array_agg(DISTINCT i.sop_class_uid) AS sop_classes
-FROM imaging_study s JOIN imaging_instance i ON i.study_uid = s.study_uid
-     JOIN imaging_series se ON se.series_uid = i.series_uid
-WHERE ($1::text[] IS NULL OR s.study_uid = ANY($1)) AND ($2::text IS NULL OR s.patient_id = $2)
+SELECT s.study_uid, s.header FROM imaging_study s
+WHERE EXISTS (SELECT 1 FROM imaging_instance i WHERE i.study_uid = s.study_uid)
+  AND ($1::text[] IS NULL OR s.study_uid = ANY($1)) AND ($2::text IS NULL OR s.patient_id = $2)
   AND ($3::text IS NULL OR s.accession_number = $3)
-GROUP BY s.study_uid
 ORDER BY s.header->'00080020'->'Value'->>0 DESC NULLS LAST, s.header->'00080030'->'Value'->>0 DESC NULLS LAST,
          s.study_uid
+LIMIT $4 OFFSET $5
+"""
+
+_STUDY_COUNTS_SQL = """
+SELECT i.study_uid, count(DISTINCT i.series_uid) AS series_count, count(*) AS instance_count,
+       array_agg(DISTINCT se.modality) FILTER (WHERE se.modality IS NOT NULL) AS modalities,
+       array_agg(DISTINCT i.sop_class_uid) AS sop_classes
+FROM imaging_instance i JOIN imaging_series se ON se.series_uid = i.series_uid
+WHERE i.study_uid = ANY($1::text[])
+GROUP BY i.study_uid
 """
 
 _SERIES_SQL = """
@@ -655,19 +663,38 @@ def _page(items: list, query: Query) -> list:
     return items[query.offset:end]
 
 
+async def _study_datasets(conn, rows: list, base: str) -> list[JsonDataset]:
+    counts = {r["study_uid"]: r for r in await conn.fetch(_STUDY_COUNTS_SQL, [r["study_uid"] for r in rows])}
+    empty = {"series_count": 0, "instance_count": 0, "modalities": [], "sop_classes": []}
+    return [study_dataset({**dict(counts.get(r["study_uid"], empty)), **dict(r)}, base) for r in rows]
+
+
 async def search_studies(source: ImagingSource, query: Query, params: Mapping[str, list[str]]) -> list[JsonDataset]:
     base = source.settings.wado_rs_url
     single = {k: v[0] for k, v in params.items() if len(v) == 1}
+    uids = _uids_param(params, "StudyInstanceUID")
+    patient_id, accession = _exact_value(single, "PatientID"), _exact_value(single, "AccessionNumber")
+    in_sql = {tag_key(tag_for_keyword("StudyInstanceUID"))}
+    in_sql |= {tag_key(tag_for_keyword("PatientID"))} if patient_id else set()
+    in_sql |= {tag_key(tag_for_keyword("AccessionNumber"))} if accession else set()
+    paged_in_sql = query.key_tags() <= in_sql  # the index filters exactly as the keys would: page there
     async with source.pool.acquire() as conn:
-        rows = await conn.fetch(_STUDY_SQL, _uids_param(params, "StudyInstanceUID"),
-                                _exact_value(single, "PatientID"), _exact_value(single, "AccessionNumber"))
-    found = [ds for ds in (study_dataset(r, base) for r in rows) if match(query, ds)]
-    return [project(ds, query, STUDY_DEFAULTS) for ds in _page(found, query)]
+        rows = await conn.fetch(_STUDY_SQL, uids, patient_id, accession,
+                                query.limit if paged_in_sql else None, query.offset if paged_in_sql else 0)
+        if paged_in_sql:
+            return [project(ds, query, STUDY_DEFAULTS) for ds in await _study_datasets(conn, rows, base)]
+        if query.key_tags() & STUDY_COMPUTED:
+            found = [ds for ds in await _study_datasets(conn, rows, base) if match(query, ds)]
+            return [project(ds, query, STUDY_DEFAULTS) for ds in _page(found, query)]
+        # Keys on the header only: match first, count only the page.
+        placeholder = {"series_count": 0, "instance_count": 0, "modalities": [], "sop_classes": []}
+        page = _page([r for r in rows if match(query, study_dataset({**placeholder, **dict(r)}, base))], query)
+        return [project(ds, query, STUDY_DEFAULTS) for ds in await _study_datasets(conn, page, base)]
 
 
 async def _studies_by_uid(conn, uids: list[str], base: str) -> dict[str, JsonDataset]:
-    rows = await conn.fetch(_STUDY_SQL, uids, None, None)
-    return {r["study_uid"]: study_dataset(r, base) for r in rows}
+    rows = await conn.fetch(_STUDY_SQL, uids, None, None, None, 0)
+    return {ds[STUDY_UID]["Value"][0]: ds for ds in await _study_datasets(conn, rows, base)}
 
 
 async def search_series(source: ImagingSource, query: Query, params: Mapping[str, list[str]],

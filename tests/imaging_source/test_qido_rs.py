@@ -186,6 +186,13 @@ def test_limit_and_offset(client, uids):
     assert study_keys(client.search_for_studies(limit=1, offset=1), uids) == ["A"]
     assert study_keys(client.search_for_studies(offset=2), uids) == ["C"]
     assert client.search_for_studies(offset=3) == []
+    # Paged after matching, whether the keys are matched on the header, on the counts or in the index.
+    assert study_keys(client.search_for_studies(search_filters={"PatientName": "smith*"}, limit=1, offset=1),
+                      uids) == ["A"]
+    assert study_keys(client.search_for_studies(search_filters={"ModalitiesInStudy": "MR"}, limit=1, offset=1),
+                      uids) == ["C"]
+    assert study_keys(client.search_for_studies(search_filters={"PatientID": "H100"}, limit=1, offset=1),
+                      uids) == ["C"]
 
 
 # --- series ---------------------------------------------------------------------------------------------
