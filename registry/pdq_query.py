@@ -7,7 +7,8 @@ The query (ITI TF-2a 3.21.4.1) names fields in QPD-3 as ``@PID.n[.c[.s]]^value``
 - ``@PID.5.1`` / ``@PID.5.1.1`` family name, ``@PID.5.2`` given name: case-insensitive, ``*`` as
   wildcard (a trailing ``*`` is a prefix search);
 - ``@PID.7`` / ``@PID.7.1`` birth date (YYYYMMDD; a time part is ignored), ``@PID.8`` sex (table 0001);
-- ``@PID.3.1`` identifier, with ``@PID.3.4.1`` / ``@PID.3.4.2`` its assigning authority (namespace, OID).
+- ``@PID.3.1`` identifier, with ``@PID.3.4.1`` / ``@PID.3.4.2`` its assigning authority (namespace, OID),
+  or ``@PID.3.4^namespace&OID&ISO``.
 
 All given fields must match. QPD-8 "what domains returned" keeps only identifiers of those
 assigning authorities, and only patients that have one (ITI TF-2a 3.21.4.2.2.5). RCP-2 (quantity
@@ -71,7 +72,7 @@ _FIELDS = {
     "7": "birth_date", "7.1": "birth_date",
     "8": "sex",
     "3": "identifier", "3.1": "identifier",
-    "3.4.1": "namespace", "3.4.2": "oid", "3.4.3": "oid_type",
+    "3.4": "authority", "3.4.1": "namespace", "3.4.2": "oid", "3.4.3": "oid_type",
 }
 
 
@@ -116,9 +117,14 @@ def parse_pdq_query(message: hl7.Message) -> PdqQuery:
         key = _FIELDS.get(m.group(1)) if m else None
         if key is None:
             raise _qpd_error(f"QPD-3 repetition {rep}: cannot search on {name or '(no field name)'}; supported are "
-                             "@PID.3.1, @PID.3.4.1, @PID.3.4.2, @PID.5.1, @PID.5.2, @PID.7 and @PID.8",
+                             "@PID.3.1, @PID.3.4(.1/.2), @PID.5.1, @PID.5.2, @PID.7 and @PID.8",
                              TABLE_VALUE_NOT_FOUND, 3, rep, 1)
         if not value:
+            continue
+        if key == "authority":  # @PID.3.4^namespace&oid&ISO: the HD with its subcomponents
+            for part, sub in (("namespace", 1), ("oid", 2)):
+                if text := get(message, f"QPD.F3.R{rep}.C2.S{sub}"):
+                    criteria[part] = text
             continue
         if key in criteria and criteria[key] != value:
             raise _qpd_error(f"QPD-3 gives {name} twice", DATA_TYPE_ERROR, 3, rep, 2)

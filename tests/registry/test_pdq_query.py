@@ -43,6 +43,8 @@ def test_parse_query_fields_and_domains():
     assert query == PdqQuery(family="SMI*", given="anne", birth_date="19800102", sex="F", identifier="A100",
                              oid=HOSP_A, domains=(Identifiable("", NHS), Identifiable("", None, "HOSPB")), limit=5)
     assert parse_pdq_query(parse_message(qbp("@PID.5.1^Smith~@PID.7.1^198001021230"))).birth_date == "19800102"
+    by_hd = parse_pdq_query(parse_message(qbp(f"@PID.3.1^A100~@PID.3.4^HOSPA&{HOSP_A}&ISO")))
+    assert (by_hd.identifier, by_hd.namespace, by_hd.oid) == ("A100", "HOSPA", HOSP_A)
 
 
 @pytest.mark.parametrize(("text", "ack", "code", "where"), [
