@@ -9,6 +9,7 @@ universal matching (the attribute is returned). Keys of higher levels may be giv
 (relational). ``fuzzymatching=true`` is answered with literal matching and the Warning header PS3.18
 8.3.4.2 prescribes; ``emptyvaluematching=true`` is supported; ``multiplevaluematching`` is not (warned),
 except that ModalitiesInStudy takes alternatives (``CT,MR`` or ``CT\\MR``), as viewers send it.
+No match is 204 (PS3.18 10.6.3.1); a response holds at most MAX_RESULTS matches, with a Warning when more remain.
 
 The index (imaging_source.store tables) holds every study-level attribute (the header kept at
 ingest) and the series/instance attributes it is searched by most; what it lacks (e.g. Rows,
@@ -27,7 +28,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -102,6 +103,9 @@ INSTANCE_INDEXED = frozenset(_tags("SOPClassUID", "SOPInstanceUID", "InstanceNum
 # Study header attributes that belong to lower levels (the header is copied from the first instance).
 NOT_STUDY_LEVEL = frozenset(_tags("Modality"))
 
+# At most this many matches per response (PS3.18 lets the origin server cap them): the rest by offset.
+MAX_RESULTS = 5000
+MORE_RESULTS_WARNING = "There are additional results that can be requested."
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 MULTIPLE_WARNING = ("The multiplevaluematching parameter is not supported. "
                     "Multiple Value Matching has not been performed.")
@@ -659,7 +663,10 @@ class Scope:
 
 
 def _page(items: list, query: Query) -> list:
-    end = None if query.limit is None else query.offset + query.limit
+    """The results from ``offset``, at most ``limit`` (and never more than MAX_RESULTS: the rest is warned of)."""
+    end = query.offset + (MAX_RESULTS if query.limit is None else min(query.limit, MAX_RESULTS))
+    if len(items) > end and (query.limit is None or query.limit > MAX_RESULTS):
+        query.warnings.append(MORE_RESULTS_WARNING)
     return items[query.offset:end]
 
 
@@ -679,10 +686,12 @@ async def search_studies(source: ImagingSource, query: Query, params: Mapping[st
     in_sql |= {tag_key(tag_for_keyword("AccessionNumber"))} if accession else set()
     paged_in_sql = query.key_tags() <= in_sql  # the index filters exactly as the keys would: page there
     async with source.pool.acquire() as conn:
+        window = MAX_RESULTS + 1 if query.limit is None else min(query.limit, MAX_RESULTS + 1)
         rows = await conn.fetch(_STUDY_SQL, uids, patient_id, accession,
-                                query.limit if paged_in_sql else None, query.offset if paged_in_sql else 0)
+                                window if paged_in_sql else None, query.offset if paged_in_sql else 0)
         if paged_in_sql:
-            return [project(ds, query, STUDY_DEFAULTS) for ds in await _study_datasets(conn, rows, base)]
+            page = _page(rows, replace(query, offset=0, warnings=query.warnings))
+            return [project(ds, query, STUDY_DEFAULTS) for ds in await _study_datasets(conn, page, base)]
         if query.key_tags() & STUDY_COMPUTED:
             found = [ds for ds in await _study_datasets(conn, rows, base) if match(query, ds)]
             return [project(ds, query, STUDY_DEFAULTS) for ds in _page(found, query)]

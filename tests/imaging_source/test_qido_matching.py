@@ -112,3 +112,18 @@ def test_projection_returns_defaults_includefields_and_keys_empty_when_unknown()
 def test_refused(params):
     with pytest.raises(QueryError):
         parse_query(Level.STUDY, params)
+
+
+def test_results_are_capped_with_a_warning(monkeypatch):
+    from imaging_source import qido_rs
+
+    monkeypatch.setattr(qido_rs, "MAX_RESULTS", 3)
+    query = parse_query(Level.INSTANCE, [])
+    assert qido_rs._page(list(range(10)), query) == [0, 1, 2]
+    assert query.warnings == [qido_rs.MORE_RESULTS_WARNING]
+    query = parse_query(Level.INSTANCE, [("offset", "8")])
+    assert qido_rs._page(list(range(10)), query) == [8, 9]
+    assert query.warnings == []
+    query = parse_query(Level.INSTANCE, [("limit", "2")])
+    assert qido_rs._page(list(range(10)), query) == [0, 1]
+    assert query.warnings == []  # the client asked for fewer: nothing to warn of
