@@ -487,3 +487,15 @@ def test_instances_taken_out_of_the_index_are_not_found(qido_source, client, uid
     assert client.search_for_instances(search_filters={"SOPInstanceUID": gone_series["sops"][0]}) == []
     remaining = client.search_for_instances(studies["A"]["uid"])
     assert [value(r, "SOPInstanceUID") for r in remaining] == studies["A"]["series"][0]["sops"][1:]
+
+
+def test_the_viewer_study_list_request(qido_source, uids):
+    """The form OHIF's DICOMweb data source sends (through the portal's proxy) is answered."""
+    study = uids["B"]["uid"]
+    query = f"limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060&StudyInstanceUID={study}"
+    status, headers, body = _get(f"{qido_source[0].url}/dicomweb/studies?{query}")
+    assert status == 200 and "Warning" not in headers
+    [result] = json.loads(body)
+    assert value(result, "StudyDescription") == "MR knee"
+    assert value(result, "ModalitiesInStudy") == "MR"
+    assert result["00080060"] == {"vr": "CS"}  # a series attribute asked at study level: present, empty
