@@ -338,3 +338,16 @@ async def pix_query(host: str, port: int, identifier: Identifiable, domains: lis
         return read_pix_response(decode(block))
     except HL7Error as exc:
         raise PixQueryError(f"PIX query answer is not HL7: {exc.reason}") from None
+
+
+# ITI-21 PDQ client: its own module (ihe.pdq), importable from here beside the PIX client. Resolved
+# lazily (PEP 562) because ihe.pdq builds on this module.
+_PDQ_NAMES = frozenset({"PdqPatient", "PdqQueryError", "pdq_query", "build_pdq_query", "read_pdq_response"})
+
+
+def __getattr__(name: str):
+    if name in _PDQ_NAMES:
+        from ihe import pdq
+
+        return getattr(pdq, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

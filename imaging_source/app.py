@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ihe.database import create_pool
 from ihe.http import database_health
-from imaging_source import rad69, store, wado_rs, wado_uri
+from imaging_source import qido_rs, rad69, store, wado_rs, wado_uri
 from imaging_source.context import ImagingSource
 from imaging_source.settings import ImagingSourceSettings
 from imaging_source.storage import FileStorage
@@ -54,6 +54,7 @@ def build_app(source: ImagingSource) -> web.Application:
     app.router.add_post(rad69.PATH, rad69.build_handler(source))
     app.router.add_routes(wado_uri.build_routes(source))
     app.router.add_routes(wado_rs.build_routes(source))
+    app.router.add_routes(qido_rs.build_routes(source))
 
     async def status(request: web.Request) -> web.Response:
         everything = request.query.get("all") in ("1", "true", "yes")

@@ -219,14 +219,14 @@ async def handle_feed(registry: Registry, message: hl7.Message) -> str:
 async def start_patient_feed(registry: Registry) -> asyncio.Server:
     """The MLLP listener on ``mllp_host:mllp_port``: ADT -> ITI-8, QBP^Q23 -> ITI-9."""
     from registry.mllp import start_mllp_server
-    from registry.pix_query import handle_pix_query
+    from registry.pdq_query import handle_qbp
 
     async def route(message: hl7.Message) -> str | None:
         code, _ = message_type(message)
         if code == "ACK":
             return None  # never acknowledge an acknowledgement
         if code == "QBP":
-            return await handle_pix_query(registry, message)
+            return await handle_qbp(registry, message)  # ITI-9 PIX or ITI-21 PDQ
         return await handle_feed(registry, message)
 
     return await start_mllp_server(registry.settings.mllp_host, registry.settings.mllp_port, route)
