@@ -21,7 +21,6 @@ from consumer.client.soap import SoapClient
 from consumer.client.source import document_entry, provide_and_register, submission_package
 from consumer.portal import manifests
 from consumer.portal.sessions import token_hash
-from ihe import hl7
 from ihe.metadata.model import Identifiable, ReferenceId
 from tests.conftest import RunningService, free_port, start_registry_process
 from tests.imaging_source.conftest import sample_path, send_with_pynetdicom, start_imaging_source
@@ -371,8 +370,6 @@ def test_search_by_hospital_number_goes_through_pix(region, browser):
     assert unknown.status_code == 422 and "no patient with number" in unknown.text
 
 
-@pytest.mark.xfail(not hasattr(hl7, "pdq_query"), strict=True,
-                   reason="the PDQ (ITI-21) client ihe.hl7.pdq_query comes with the backend branch")
 def test_search_by_family_name_and_birth_date_goes_through_pdq(region, browser):
     answer = _search(browser, region.portal.url, by="name", family=region.family, birth_date="1970-01-01")
     assert answer.status_code == 303 and answer.headers["Location"] == f"/patients/{region.nhs}", answer.text

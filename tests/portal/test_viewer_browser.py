@@ -15,7 +15,6 @@ from consumer.portal.viewer import DEFAULT_OHIF_DIR
 from tests.conftest import free_port
 from tests.imaging_source.conftest import new_imaging_database  # noqa: F401  (fixtures)
 from tests.portal.imaging_fixtures import ct_source  # noqa: F401
-from tests.portal.qido_standin import build_qido_standin_app
 from tests.portal.viewer_app import SESSION_COOKIE, build_test_app, serve
 
 CHROMIUM = "/usr/bin/chromium"
@@ -42,10 +41,9 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
 
     service, files = ct_source
     study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-    standin_port, portal_port = free_port(), free_port()
-    standin = await serve(build_qido_standin_app(files, f"{service.url}/dicomweb"), standin_port)
-    portal = await serve(build_test_app(DEFAULT_OHIF_DIR, {study: f"http://127.0.0.1:{standin_port}/dicomweb"}),
-                         portal_port)
+    portal_port = free_port()
+    # the imaging source answers OHIF's QIDO-RS and WADO-RS itself
+    portal = await serve(build_test_app(DEFAULT_OHIF_DIR, {study: f"{service.url}/dicomweb"}), portal_port)
     origin = f"http://127.0.0.1:{portal_port}"
     requests: list[str] = []
     asked: list[str] = []  # the DICOMweb requests, with their Accept header (kept as an artifact)
@@ -79,7 +77,6 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
                 await browser.close()
     finally:
         await portal.cleanup()
-        await standin.cleanup()
 
     dicomweb = [r for r in requests if "/dicomweb/" in r]
     print("OHIF asked:", json.dumps(sorted({r.split("?")[0].replace(study, "{study}") for r in dicomweb}), indent=1))
