@@ -77,4 +77,8 @@ class RepositorySettings:
             found.append(f"--repository-unique-id {self.repository_unique_id!r} is not an OID")
         if not self.registry_url.startswith(("http://", "https://")):
             found.append(f"--registry-url {self.registry_url!r} is not an http(s) URL")
+        from ihe.xua.policy import policy_problem
+
+        if problem := policy_problem(self.xua, self.xua_trust):
+            found.append(problem)
         return found

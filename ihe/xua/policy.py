@@ -14,6 +14,7 @@ is never used, so an attacker's self-made certificate gets nowhere.
 
 from __future__ import annotations
 
+import argparse
 import enum
 import tomllib
 from collections.abc import Callable
@@ -59,12 +60,16 @@ class XuaConfigError(ValueError):
     """The XUA configuration cannot be used; the message says what to fix."""
 
 
+class XuaModeError(argparse.ArgumentTypeError, ValueError):
+    """An unknown ``--xua`` value (argparse shows this message)."""
+
+
 def xua_mode(value: str) -> XuaMode:
     """argparse type of ``--xua``."""
     try:
         return XuaMode(str(value).strip().lower())
     except ValueError:
-        raise ValueError(f"--xua must be required, optional or off, not {value!r}") from None
+        raise XuaModeError(f"--xua must be required, optional or off, not {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,15 @@ def trusted_issuer(name: str, cert_pem: bytes) -> TrustedIssuer:
         raise XuaConfigError(f"the certificate of XUA issuer {name!r} must hold an RSA key of at least "
                              f"{MIN_RSA_BITS} bits")
     return TrustedIssuer(name, cert.public_bytes(Encoding.PEM), cert.not_valid_after_utc)
+
+
+def policy_problem(mode: XuaMode | str | None, trust_file: Path | None) -> str | None:
+    """Why ``--xua`` / ``--xua-trust`` cannot be used (checked at start, one line), or None."""
+    try:
+        load_policy(mode, trust_file)
+    except (XuaConfigError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def load_policy(mode: XuaMode | str | None, trust_file: Path | None) -> XuaPolicy | None:

@@ -462,3 +462,22 @@ async def test_dicomweb_routes_answer_401_or_403_with_a_reason(service, portal):
     assert resp.status == 401
     assert (await client.get("/health")).status == 200
     assert len(failures) == 5
+
+
+@pytest.mark.parametrize("service, argv", [
+    ("registry", ["--xua", "required"]),
+    ("repository", ["--repository-unique-id", "1.2.3", "--xua", "required"]),
+    ("imaging_source", ["serve", "--xua", "required"]),
+])
+def test_services_refuse_to_start_with_an_unusable_xua_configuration(capsys, tmp_path, service, argv):
+    import importlib
+
+    main = importlib.import_module(f"{service}.cli").main
+    assert main(argv) == 2
+    assert "--xua required needs --xua-trust" in capsys.readouterr().err
+    (tmp_path / "t.toml").write_text('audience = "urn:oid:1.2"\n')
+    assert main([*argv, "--xua-trust", str(tmp_path / "t.toml")]) == 2
+    assert "an [issuers] table" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "sometimes"])
+    assert "required, optional or off" in capsys.readouterr().err
