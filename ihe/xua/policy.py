@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import xmlsec
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -77,6 +78,7 @@ class TrustedIssuer:
     name: str
     cert_pem: bytes
     not_after: datetime
+    key: xmlsec.Key  # the certificate's public key, loaded once
 
 
 @dataclass(slots=True)
@@ -103,7 +105,9 @@ def trusted_issuer(name: str, cert_pem: bytes) -> TrustedIssuer:
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
         raise XuaConfigError(f"the certificate of XUA issuer {name!r} must hold an RSA key of at least "
                              f"{MIN_RSA_BITS} bits")
-    return TrustedIssuer(name, cert.public_bytes(Encoding.PEM), cert.not_valid_after_utc)
+    pem = cert.public_bytes(Encoding.PEM)
+    return TrustedIssuer(name, pem, cert.not_valid_after_utc,
+                         xmlsec.Key.from_memory(pem, xmlsec.constants.KeyDataFormatCertPem))
 
 
 def policy_problem(mode: XuaMode | str | None, trust_file: Path | None) -> str | None:

@@ -51,7 +51,6 @@ _NCNAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
 _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 _CX_ISO = re.compile(r"^[^\^&\s]+\^\^\^&[0-2](\.(0|[1-9]\d*))+&ISO$")
 _SCTID = re.compile(r"^[1-9]\d{5,17}$")
-_ID_ATTRIBUTES = frozenset({"ID", "Id", "id"})
 _ALLOWED_TRANSFORMS = ([ALG_ENVELOPED], [ALG_ENVELOPED, ALG_EXC_C14N])
 _STATEMENTS = frozenset({qn(SAML, "AuthnStatement"), qn(SAML, "AttributeStatement")})
 
@@ -142,14 +141,15 @@ def locate_assertion(root: etree._Element) -> etree._Element:
     return assertion
 
 
+_SAME_ID = etree.XPath("//@*[local-name()='ID' or local-name()='Id' or local-name()='id'][normalize-space(.) = $v]")
+
+
 def _check_unique_id(root: etree._Element, assertion: etree._Element, assertion_id: str) -> None:
-    for element in root.iter():
-        if element is assertion or not isinstance(element.tag, str):
-            continue
-        for name, value in element.attrib.items():
-            if etree.QName(name).localname in _ID_ATTRIBUTES and value.strip() == assertion_id:
-                raise _refuse(f"the assertion's ID {assertion_id!r} is used by another element "
-                              f"({etree.QName(element).localname}) too")
+    for attribute in _SAME_ID(root, v=assertion_id):
+        owner = attribute.getparent()
+        if owner is not assertion:
+            raise _refuse(f"the assertion's ID {assertion_id!r} is used by another element "
+                          f"({etree.QName(owner).localname}) too")
 
 
 def _one(parent: etree._Element, tag: str, what: str) -> etree._Element:
@@ -203,7 +203,7 @@ def _verify(signature: etree._Element, assertion: etree._Element, issuer: Truste
     """Cryptographic check with the issuer's configured certificate; KeyInfo is never read."""
     ctx = xmlsec.SignatureContext()
     try:
-        ctx.key = xmlsec.Key.from_memory(issuer.cert_pem, xmlsec.constants.KeyDataFormatCertPem)
+        ctx.key = issuer.key  # copied into the context by xmlsec
         ctx.set_enabled_key_data([])
         for transform in (xmlsec.constants.TransformEnveloped, xmlsec.constants.TransformExclC14N,
                           xmlsec.constants.TransformSha256, xmlsec.constants.TransformSha384,
