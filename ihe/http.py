@@ -108,7 +108,7 @@ class SoapService:
                                              self.max_body_bytes)
         soap = parse_envelope(root)
         soap.attachments = attachments
-        soap.identity = enforce_soap(request, root)  # XUA, per the app's policy (ihe.xua.web.install)
+        soap.identity = enforce_soap(request, root, soap.action)  # XUA, per the app's policy (ihe.xua.web.install)
         return soap
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -132,7 +132,7 @@ class RepositoryEndpoint:
             try:
                 root, _ = unpack_soap_body("application/soap+xml", message.root, s.max_xml_bytes)
                 soap = parse_envelope(root)
-                soap.identity = xua.enforce_soap(request, root)
+                soap.identity = xua.enforce_soap(request, root, soap.action)
             except BaseException:
                 message.discard()
                 raise
@@ -145,7 +145,7 @@ class RepositoryEndpoint:
                                     "large documents as MTOM attachments")
             root, _ = unpack_soap_body(content_type, bytes(body), s.max_xml_bytes)
             soap = parse_envelope(root)
-            soap.identity = xua.enforce_soap(request, root)
+            soap.identity = xua.enforce_soap(request, root, soap.action)
         soap.attachments = attachments
         return soap, media == "multipart/related"
 

@@ -4,6 +4,7 @@ The trust store is a TOML file, so every service reads the same kind of file::
 
     audience = "urn:oid:2.16.840.1.113883.2.1.4.1"      # the affinity domain
     clock_skew_seconds = 60
+    exempt_actions = ["urn:ihe:iti:2007:RegisterDocumentSet-b"]  # node-to-node, mutual TLS only
     authn_contexts = ["urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"]
     [issuers]                                           # SAML Issuer -> its signing certificate (PEM)
     "urn:oid:1.3.6.1.4.1.21367.2026.9.1" = "portal.pem" # relative to this file
@@ -91,6 +92,9 @@ class XuaPolicy:
     clock_skew: timedelta = timedelta(seconds=60)
     max_lifetime: timedelta = timedelta(hours=1)
     max_assertion_bytes: int = DEFAULT_MAX_ASSERTION_BYTES
+    # SOAP actions answered without an assertion even when required, e.g. ITI-42 from repositories that
+    # authenticate as nodes by mutual TLS (an explicit choice in the trust file, ``exempt_actions``).
+    exempt_actions: frozenset[str] = frozenset()
     # Called with every refusal; the ATNA audit wires its security alert here.
     on_failure: list[Callable[[XuaFailure], None]] = field(default_factory=list)
 
@@ -156,6 +160,8 @@ def load_policy(mode: XuaMode | str | None, trust_file: Path | None) -> XuaPolic
         policy.required_attributes = tuple(str(a) for a in data["required_attributes"])
     if "clock_skew_seconds" in data:
         policy.clock_skew = timedelta(seconds=int(data["clock_skew_seconds"]))
+    if "exempt_actions" in data:
+        policy.exempt_actions = frozenset(str(a) for a in data["exempt_actions"])
     if "max_assertion_bytes" in data:
         policy.max_assertion_bytes = int(data["max_assertion_bytes"])
     return policy

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from lxml import etree
@@ -27,6 +28,9 @@ XUA_POLICY = web.AppKey("xua_policy", XuaPolicy)
 # Request key of the validated XuaIdentity (or None); RequestKey where aiohttp has it (3.12+).
 XUA_IDENTITY = web.RequestKey("xua_identity", object) if hasattr(web, "RequestKey") else "xua_identity"
 AUTH_SCHEME = "SAML"
+# Hooks called with every refusal in this process, whatever the app (the ATNA audit's security alert);
+# a policy's own ``on_failure`` hooks are called too.
+FAILURE_HOOKS: list[Callable[[XuaFailure], None]] = []
 
 
 def install(app: web.Application, policy: XuaPolicy | None, *, http_prefixes: tuple[str, ...] = ()) -> None:
@@ -55,19 +59,20 @@ def report(policy: XuaPolicy, error: XuaError, request: web.Request, root: etree
     failure = XuaFailure(reason=error.reason, code=error.code, endpoint=request.path, remote=request.remote,
                          issuer=issuer, subject=subject)
     log.warning("XUA refused %s from %s: %s", request.path, request.remote, error.reason)
-    for hook in policy.on_failure:
+    for hook in (*FAILURE_HOOKS, *policy.on_failure):
         try:
             hook(failure)
         except Exception:  # the audit must not turn a refusal into a 500
             log.exception("XUA failure hook failed")
 
 
-def enforce_soap(request: web.Request, envelope: etree._Element) -> XuaIdentity | None:
+def enforce_soap(request: web.Request, envelope: etree._Element, action: str | None = None) -> XuaIdentity | None:
     """The caller's identity per the app's policy, or a SOAP Fault (wsse subcode) when refused."""
     policy = request.config_dict.get(XUA_POLICY)
     if policy is None or policy.mode is XuaMode.OFF:
         return None
-    if policy.mode is XuaMode.OPTIONAL and not has_security_token(envelope):
+    optional = policy.mode is XuaMode.OPTIONAL or action in policy.exempt_actions
+    if optional and not has_security_token(envelope):
         return None
     try:
         return validate_assertion(envelope, policy)

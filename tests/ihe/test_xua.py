@@ -438,6 +438,25 @@ async def test_optional_mode_checks_only_what_is_sent(service, policy, attacker)
         policy.mode = XuaMode.REQUIRED
 
 
+async def test_exempt_actions_and_process_wide_hooks(service, policy, attacker):
+    client, seen, failures = service
+    process_wide = []
+    xua_web.FAILURE_HOOKS.append(process_wide.append)
+    policy.exempt_actions = frozenset({ACTION_ITI18})
+    try:
+        resp = await client.post("/soap", data=envelope(None), headers=SOAP)
+        assert resp.status == 200 and seen["identity"] is None
+        # An assertion sent to an exempt action is still checked.
+        resp = await client.post("/soap", data=envelope(build_assertion(CLINICIAN, attacker, audience=AUDIENCE)),
+                                 headers=SOAP)
+        assert resp.status == 400
+    finally:
+        policy.exempt_actions = frozenset()
+        xua_web.FAILURE_HOOKS.remove(process_wide.append)
+    assert len(process_wide) == 1 and process_wide == failures
+    assert process_wide[0].code == FAILED_AUTHENTICATION
+
+
 async def test_dicomweb_routes_answer_401_or_403_with_a_reason(service, portal):
     client, _, failures = service
     resp = await client.get("/dicomweb/studies/1.2.3")
