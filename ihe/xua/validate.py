@@ -353,7 +353,7 @@ def validate_assertion(source: etree._Element | bytes, policy: XuaPolicy, *,
     assertion_id = assertion.get("ID") or ""
     if not _NCNAME.match(assertion_id):
         raise _refuse(f"saml:Assertion ID {assertion_id!r} is not an xs:ID")
-    _datetime(assertion.get("IssueInstant"), "Assertion/@IssueInstant")
+    issued = _datetime(assertion.get("IssueInstant"), "Assertion/@IssueInstant")
     children = _elements(assertion)
     head = [c.tag for c in children[:4]]
     if head != [qn(SAML, "Issuer"), SIGNATURE, qn(SAML, "Subject"), qn(SAML, "Conditions")]:
@@ -380,6 +380,8 @@ def validate_assertion(source: etree._Element | bytes, policy: XuaPolicy, *,
         raise XuaError(FAILED_AUTHENTICATION, f"the certificate trusted for issuer {issuer_name!r} has expired")
     _verify(signature, assertion, issuer)
     # From here on every value read is covered by the verified signature.
+    if issued > now + policy.clock_skew:
+        raise _token(f"the assertion was issued in the future ({assertion.get('IssueInstant')})")
     not_on_or_after = _check_conditions(children[3], policy, now)
     name_id = _check_subject(children[2], policy, now)
     authn_context = _check_authn(authn[0], policy, now)

@@ -236,6 +236,12 @@ def test_a_not_yet_valid_assertion_is_refused(portal, policy):
             "not valid before")
 
 
+def test_an_assertion_issued_in_the_future_is_refused(portal, policy):
+    def backdate(assertion):  # valid window now, but IssueInstant an hour ahead
+        assertion.set("IssueInstant", (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    refused(envelope(signed(portal, mutate=backdate)), policy, INVALID_SECURITY_TOKEN, "issued in the future")
+
+
 def test_an_overlong_validity_is_refused(portal, policy):
     refused(envelope(signed(portal, lifetime=timedelta(days=1))), policy, INVALID_SECURITY_TOKEN, "longer than")
 
