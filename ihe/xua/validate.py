@@ -380,9 +380,9 @@ def validate_assertion(source: etree._Element | bytes, policy: XuaPolicy, *,
         raise XuaError(FAILED_AUTHENTICATION, f"the certificate trusted for issuer {issuer_name!r} has expired")
     _verify(signature, assertion, issuer)
     # From here on every value read is covered by the verified signature.
+    not_on_or_after = _check_conditions(children[3], policy, now)
     if issued > now + policy.clock_skew:
         raise _token(f"the assertion was issued in the future ({assertion.get('IssueInstant')})")
-    not_on_or_after = _check_conditions(children[3], policy, now)
     name_id = _check_subject(children[2], policy, now)
     authn_context = _check_authn(authn[0], policy, now)
     found = _check_attributes(attrs[0], policy)
