@@ -27,6 +27,7 @@ from ihe.soap import (
     parse_envelope,
 )
 from ihe.xml import XMLRejected, parse_xml
+from ihe.xua.web import enforce_soap
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class SoapService:
                                              self.max_body_bytes)
         soap = parse_envelope(root)
         soap.attachments = attachments
+        soap.identity = enforce_soap(request, root, soap.action)  # XUA, per the app's policy (ihe.xua.web.install)
         return soap
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

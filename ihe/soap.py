@@ -59,6 +59,8 @@ class SoapRequest:
     # MTOM attachments by Content-ID (without angle brackets), already resolved into the body
     # where xop:Include was used; kept here for actors that stream them instead.
     attachments: dict[str, object] = field(default_factory=dict)
+    # The caller's validated XUA identity (ihe.xua.XuaIdentity) when the endpoint's policy checks one.
+    identity: object | None = None
 
 
 def parse_envelope(root: etree._Element) -> SoapRequest:
@@ -104,7 +106,7 @@ def new_message_id() -> str:
     return f"urn:uuid:{uuid.uuid4()}"
 
 
-def _header_xml(action: str, relates_to: str | None, to: str | None = None) -> bytes:
+def _header_xml(action: str, relates_to: str | None, to: str | None = None, security: bytes | None = None) -> bytes:
     """The response's SOAP Header, written as text: it sits on every response's hot path, and
     building it as an lxml tree cost more than the rest of a small query's reply."""
     parts = [
@@ -115,8 +117,8 @@ def _header_xml(action: str, relates_to: str | None, to: str | None = None) -> b
         parts += ["<wsa:RelatesTo>", xml_escape(relates_to), "</wsa:RelatesTo>"]
     if to:
         parts += ['<wsa:To soap:mustUnderstand="true">', xml_escape(to), "</wsa:To>"]
-    parts.append("</soap:Header>")
-    return "".join(parts).encode("utf-8")
+    head = "".join(parts).encode("utf-8")
+    return head + (security or b"") + b"</soap:Header>"
 
 
 _ENVELOPE_OPEN = (
@@ -126,33 +128,37 @@ _ENVELOPE_CLOSE = b"</soap:Envelope>"
 
 
 def build_envelope_bytes(
-    action: str, body_xml: bytes, *, relates_to: str | None = None, to: str | None = None
+    action: str, body_xml: bytes, *, relates_to: str | None = None, to: str | None = None,
+    security: bytes | None = None,
 ) -> bytes:
     """A SOAP 1.2 envelope around an already serialized body payload.
 
     Splicing bytes lets the registry return stored ebRIM fragments without re-parsing them.
+    ``security`` is a serialized wsse:Security header (``ihe.xua.assertion.security_header``).
     """
     return b"".join(
-        (_ENVELOPE_OPEN, _header_xml(action, relates_to, to), b"<soap:Body>", body_xml, b"</soap:Body>",
+        (_ENVELOPE_OPEN, _header_xml(action, relates_to, to, security), b"<soap:Body>", body_xml, b"</soap:Body>",
          _ENVELOPE_CLOSE)
     )
 
 
 def build_envelope(
-    action: str, body: etree._Element, *, relates_to: str | None = None, to: str | None = None
+    action: str, body: etree._Element, *, relates_to: str | None = None, to: str | None = None,
+    security: bytes | None = None,
 ) -> bytes:
-    return build_envelope_bytes(action, etree.tostring(body), relates_to=relates_to, to=to)
+    return build_envelope_bytes(action, etree.tostring(body), relates_to=relates_to, to=to, security=security)
 
 
 def build_fault(fault: SoapFault, *, relates_to: str | None = None) -> bytes:
     """A SOAP 1.2 Fault envelope (WS-Addressing fault action)."""
-    f = etree.Element(qn(SOAP12, "Fault"), nsmap={"soap": SOAP12, "wsa": WSA})
+    f = etree.Element(qn(SOAP12, "Fault"), nsmap={"soap": SOAP12, "wsa": WSA, "wsse": WSSE})
     code = etree.SubElement(f, qn(SOAP12, "Code"))
     etree.SubElement(code, qn(SOAP12, "Value")).text = f"soap:{fault.code}"
     if fault.subcode:
         sub = etree.SubElement(code, qn(SOAP12, "Subcode"))
-        local = etree.QName(fault.subcode).localname
-        etree.SubElement(sub, qn(SOAP12, "Value")).text = f"wsa:{local}"
+        name = etree.QName(fault.subcode)
+        prefix = "wsse" if name.namespace == WSSE else "wsa"  # WS-Security faults (XUA) or WS-Addressing
+        etree.SubElement(sub, qn(SOAP12, "Value")).text = f"{prefix}:{name.localname}"
     reason = etree.SubElement(f, qn(SOAP12, "Reason"))
     text = etree.SubElement(reason, qn(SOAP12, "Text"))
     text.set("{http://www.w3.org/XML/1998/namespace}lang", "en")

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from ihe.database import create_pool
 from ihe.http import database_health
+from ihe.xua import load_policy
+from ihe.xua import web as xua
 from imaging_source import qido_rs, rad69, store, wado_rs, wado_uri
 from imaging_source.context import ImagingSource
 from imaging_source.settings import ImagingSourceSettings
@@ -51,6 +53,8 @@ def render_status_html(rows: list[dict]) -> str:
 
 def build_app(source: ImagingSource) -> web.Application:
     app = web.Application(client_max_size=source.settings.max_body_bytes)
+    xua.install(app, load_policy(source.settings.xua, source.settings.xua_trust),
+                http_prefixes=(wado_uri.PATH, wado_rs.PREFIX))
     app.router.add_post(rad69.PATH, rad69.build_handler(source))
     app.router.add_routes(wado_uri.build_routes(source))
     app.router.add_routes(wado_rs.build_routes(source))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ihe.config import build_parser, resolve
 from ihe.database import resolve_database_url
+from ihe.xua.policy import policy_problem
 from imaging_source.settings import OPTIONS, ImagingSourceSettings
 
 COMMANDS = ("serve", "import", "status")
@@ -73,6 +74,9 @@ async def _status(settings: ImagingSourceSettings, database_url: str, everything
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = ImagingSourceSettings.from_dict(resolve("imaging-source", OPTIONS, args))
+    if problem := policy_problem(settings.xua, settings.xua_trust):
+        print(f"xds-imaging-source: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "import" and not args.paths:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ihe.config import Option
+from ihe.xua.policy import xua_mode
 
 OPTIONS: list[Option] = [
     Option("host", "address to listen on for HTTP (RAD-69, WADO-URI, WADO-RS, status page)", "127.0.0.1"),
@@ -55,6 +56,10 @@ OPTIONS: list[Option] = [
     Option("max-body-bytes", "largest SOAP request body accepted, in bytes", 10 * 1024 * 1024, int),
     Option("pool-size", "PostgreSQL connections per process", 10, int),
     Option("log-level", "logging level", "INFO"),
+    Option("xua", "XUA (ITI-40) SAML assertions on this service's endpoints: required, optional (checked when "
+           "sent) or off (mutual TLS alone)", "off", xua_mode),
+    Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
+           None, Path),
 ]
 
 
@@ -93,6 +98,8 @@ class ImagingSourceSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     pool_size: int = 10
     log_level: str = "INFO"
+    xua: str = "off"
+    xua_trust: Path | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ImagingSourceSettings:

@@ -18,6 +18,8 @@ from aiohttp import web
 from ihe.database import create_pool
 from ihe.http import SoapService, database_health
 from ihe.namespaces import ACTION_ITI18, ACTION_ITI42, ACTION_ITI57, ACTION_ITI62
+from ihe.xua import load_policy
+from ihe.xua import web as xua
 from registry.settings import RegistrySettings
 from schemas import migrate
 
@@ -71,6 +73,7 @@ def build_app(registry: Registry) -> web.Application:
     service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18, ACTION_ITI57: iti57, ACTION_ITI62: iti62},
                           max_body_bytes=registry.settings.max_body_bytes)
     app = web.Application(client_max_size=registry.settings.max_body_bytes)
+    xua.install(app, load_policy(registry.settings.xua, registry.settings.xua_trust))
     app.router.add_post(REGISTRY_PATH, service.handle)
     app.router.add_get(REGISTRY_PATH, _wsdl_or_info)
     app.router.add_get("/health", database_health(registry.pool))

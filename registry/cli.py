@@ -10,6 +10,7 @@ import sys
 from ihe.config import build_parser, resolve
 from ihe.database import resolve_database_url
 from ihe.eventloop import run
+from ihe.xua.policy import policy_problem
 from registry.settings import OPTIONS, RegistrySettings
 
 
@@ -17,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser("registry", "IHE XDS.b Document Registry (ITI-42, ITI-18, ITI-8, ITI-9)", OPTIONS)
     args = parser.parse_args(argv)
     settings = RegistrySettings.from_dict(resolve("registry", OPTIONS, args))
+    if problem := policy_problem(settings.xua, settings.xua_trust):
+        print(f"xds-registry: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     database_url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
     # Extra worker processes share the HTTP port; the first process also runs the MLLP listener.

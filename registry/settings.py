@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ihe.config import Option
+from ihe.xua.policy import xua_mode
 
 OPTIONS: list[Option] = [
     Option("host", "address to listen on for HTTP (SOAP)", "127.0.0.1"),
@@ -27,6 +28,10 @@ OPTIONS: list[Option] = [
     Option("pool-size", "PostgreSQL connections per process", 20, int),
     Option("workers", "HTTP worker processes sharing the port (the registry is stateless)", 1, int),
     Option("log-level", "logging level", "INFO"),
+    Option("xua", "XUA (ITI-40) SAML assertions on this service's endpoints: required, optional (checked when "
+           "sent) or off (mutual TLS alone)", "off", xua_mode),
+    Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
+           None, Path),
 ]
 
 
@@ -46,6 +51,8 @@ class RegistrySettings:
     pool_size: int = 20
     workers: int = 1
     log_level: str = "INFO"
+    xua: str = "off"
+    xua_trust: Path | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RegistrySettings:

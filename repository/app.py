@@ -48,6 +48,8 @@ from ihe.soap import (
     build_fault,
     parse_envelope,
 )
+from ihe.xua import load_policy
+from ihe.xua import web as xua
 from repository import catalog
 from repository.settings import RepositorySettings
 from repository.storage import DocumentTooLarge, FileSystemStore
@@ -130,6 +132,7 @@ class RepositoryEndpoint:
             try:
                 root, _ = unpack_soap_body("application/soap+xml", message.root, s.max_xml_bytes)
                 soap = parse_envelope(root)
+                soap.identity = xua.enforce_soap(request, root, soap.action)
             except BaseException:
                 message.discard()
                 raise
@@ -142,6 +145,7 @@ class RepositoryEndpoint:
                                     "large documents as MTOM attachments")
             root, _ = unpack_soap_body(content_type, bytes(body), s.max_xml_bytes)
             soap = parse_envelope(root)
+            soap.identity = xua.enforce_soap(request, root, soap.action)
         soap.attachments = attachments
         return soap, media == "multipart/related"
 
@@ -216,6 +220,7 @@ def _fault(fault: SoapFault, relates_to: str | None, status: int | None = None) 
 
 def build_app(repo: Repository) -> web.Application:
     app = web.Application()
+    xua.install(app, load_policy(repo.settings.xua, repo.settings.xua_trust))
     app.router.add_post(REPOSITORY_PATH, RepositoryEndpoint(repo))
     app.router.add_get(REPOSITORY_PATH, _info(repo))
     app.router.add_get("/health", database_health(repo.pool, repositoryUniqueId=repo.settings.repository_unique_id))

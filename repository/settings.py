@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ihe.config import Option
+from ihe.xua.policy import xua_mode
 
 GIB = 1024 * 1024 * 1024
 
@@ -34,6 +35,10 @@ OPTIONS: list[Option] = [
            "unknown", 30.0, float),
     Option("pool-size", "PostgreSQL connections per process", 10, int),
     Option("log-level", "logging level", "INFO"),
+    Option("xua", "XUA (ITI-40) SAML assertions on this service's endpoints: required, optional (checked when "
+           "sent) or off (mutual TLS alone)", "off", xua_mode),
+    Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
+           None, Path),
 ]
 
 
@@ -54,6 +59,8 @@ class RepositorySettings:
     recovery_interval: float = 30.0
     pool_size: int = 10
     log_level: str = "INFO"
+    xua: str = "off"
+    xua_trust: Path | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RepositorySettings:
@@ -70,4 +77,8 @@ class RepositorySettings:
             found.append(f"--repository-unique-id {self.repository_unique_id!r} is not an OID")
         if not self.registry_url.startswith(("http://", "https://")):
             found.append(f"--registry-url {self.registry_url!r} is not an http(s) URL")
+        from ihe.xua.policy import policy_problem
+
+        if problem := policy_problem(self.xua, self.xua_trust):
+            found.append(problem)
         return found

@@ -108,15 +108,17 @@ class SoapClient:
         attachments: Sequence[Attachment] = (),
         mtom: bool | None = None,
         open_sink: SinkFactory | None = None,
+        security: bytes | None = None,
     ) -> SoapResult:
         """Send ``body`` (the SOAP Body payload) as ``action`` to ``url`` and return the answer.
 
         MTOM is used when there are attachments or ``mtom`` is True. Attachments of an MTOM
         answer go to ``open_sink`` (default: memory). Raises :class:`SoapFaultError` for a
-        fault, :class:`TransportError` when no SOAP answer came back.
+        fault, :class:`TransportError` when no SOAP answer came back. ``security``: a wsse:Security
+        header (XUA, ``ihe.xua.assertion.security_header``).
         """
         body_xml = body if isinstance(body, bytes) else etree.tostring(body)
-        envelope = build_envelope_bytes(action, body_xml, to=url)
+        envelope = build_envelope_bytes(action, body_xml, to=url, security=security)
         if attachments or mtom:
             package = build_mtom(envelope, attachments, action=action)
             headers = {"Content-Type": package.content_type, "Content-Length": str(package.content_length)}
