@@ -64,7 +64,27 @@ MODALITY_NAMES = {
 
 
 class PublishError(Exception):
-    """RAD-68 did not succeed; the message says why (network, SOAP fault or the repository's errors)."""
+    """RAD-68 did not succeed; the message says why (network, SOAP fault or the repository's errors).
+
+    ``permanent`` is True when sending the same submission again cannot succeed (the metadata was
+    refused): the study then waits for an operator instead of being retried.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def xds_source_patient_id(local: Identifiable) -> Identifiable:
+    """The hospital number as XDS sourcePatientId: ``id^^^&OID&ISO``, CX.1 and CX.4 only.
+
+    ITI TF-3 4.2.3.2.23 (RAD TF-3 4.68.4.1.2.3.2) allow no namespace id beside the OID, so the
+    Issuer of Patient ID namespace (e.g. ``HOSPA``) is dropped; without an OID there is no valid id.
+    """
+    if not local.authority_oid:
+        raise PublishError(f"the hospital number {local.to_cx()} has no assigning authority OID: set "
+                           "patient-id-issuer-oid or send Issuer of Patient ID Qualifiers", permanent=True)
+    return Identifiable(local.id, local.authority_oid)
 
 
 def parse_code(value: str) -> Code:
@@ -187,7 +207,10 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
                         patient_id: Identifiable, source_patient_id: Identifiable, source_id: str,
                         codes: ManifestCodes, accession_issuer_oid: str | None = None,
                         now: datetime | None = None) -> SubmissionPackage:
-    """The XDS-I.b submission set for one manifest (and its RPLC association when it replaces one)."""
+    """The XDS-I.b submission set for one manifest (and its RPLC association when it replaces one).
+
+    ``source_patient_id`` is the hospital number as the images name it (namespace and/or OID).
+    """
     now = now or datetime.now(UTC)
     procedure = next(iter(header.get("ProcedureCodeSequence") or []), None)
     type_code = (_coded(procedure) if procedure is not None else None) or codes.default_type_code
@@ -217,8 +240,8 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
         hash=document.sha1,
         size=document.size,
         language_code=codes.language_code,
-        source_patient_id=source_patient_id,
-        source_patient_info=source_patient_info(header, source_patient_id),
+        source_patient_id=xds_source_patient_id(source_patient_id),
+        source_patient_info=source_patient_info(header, xds_source_patient_id(source_patient_id)),
         reference_ids=references,
     )
     submission_set = SubmissionSet(
