@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from pydicom.dataset import Dataset
 
-from ihe.errors import STATUS_SUCCESS
+from ihe.errors import STATUS_SUCCESS, ErrorCode
 from ihe.metadata.model import (
     Association,
     AssociationType,
@@ -73,6 +73,28 @@ class PublishError(Exception):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+# Error codes of a peer that is busy, down or broken inside: the same submission may succeed later.
+# Every other code is about the submission itself (metadata, patient id, ...) and will not heal by itself.
+TRANSIENT_CODES = frozenset({
+    ErrorCode.REGISTRY_BUSY, ErrorCode.REPOSITORY_BUSY, ErrorCode.REGISTRY_NOT_AVAILABLE,
+    ErrorCode.REGISTRY_OUT_OF_RESOURCES, ErrorCode.REPOSITORY_OUT_OF_RESOURCES,
+    ErrorCode.REGISTRY_ERROR, ErrorCode.REPOSITORY_ERROR,
+})
+
+
+def is_permanent_failure(codes: list[str]) -> bool:
+    """Whether a RegistryResponse Failure with these error codes cannot succeed when sent again.
+
+    A Failure without any error code says nothing about the submission: it is retried.
+    """
+    return bool(codes) and any(code not in TRANSIENT_CODES for code in codes)
+
+
+def is_permanent_fault(code: str, http_status: int) -> bool:
+    """A SOAP Fault blaming the sender (our message) is permanent; a Receiver fault or HTTP 5xx is not."""
+    return code == "Sender" and http_status < 500
 
 
 def xds_source_patient_id(local: Identifiable) -> Identifiable:
@@ -263,7 +285,8 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
 
 
 async def send_manifest(client, repository_url: str, package: SubmissionPackage, kos: bytes) -> None:
-    """RAD-68 (ITI-41 with the KOS as application/dicom over MTOM); PublishError unless Success."""
+    """RAD-68 (ITI-41 with the KOS as application/dicom over MTOM); PublishError unless Success,
+    permanent when the repository or registry refused the submission itself."""
     from consumer.client.soap import SoapFaultError, TransportError
     from consumer.client.source import provide_and_register
 
@@ -273,7 +296,9 @@ async def send_manifest(client, repository_url: str, package: SubmissionPackage,
     except TransportError as exc:
         raise PublishError(str(exc)) from None
     except SoapFaultError as exc:
-        raise PublishError(f"SOAP Fault from the repository: {exc.fault.reason}") from None
+        raise PublishError(f"SOAP Fault ({exc.fault.code}) from the repository: {exc.fault.reason}",
+                           permanent=is_permanent_fault(exc.fault.code, exc.status)) from None
     if result.status != STATUS_SUCCESS:
         detail = "; ".join(f"{e.code}: {e.context}" for e in result.errors) or "no error list"
-        raise PublishError(f"the repository answered {result.status.rsplit(':', 1)[-1]}: {detail}")
+        raise PublishError(f"the repository answered {result.status.rsplit(':', 1)[-1]}: {detail}",
+                           permanent=is_permanent_failure([e.code for e in result.errors]))

@@ -14,7 +14,8 @@ import asyncpg
 if TYPE_CHECKING:
     from imaging_source.ingest import InstanceInfo
 
-TABLES = "imaging_manifest, imaging_instance, imaging_series, imaging_study"
+TABLES = ("imaging_manifest, imaging_instance, imaging_series, imaging_study, imaging_rejected_instance,"
+          " imaging_kos_examined")
 
 
 async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str, size: int) -> tuple[bool, str | None]:
@@ -112,7 +113,7 @@ async def complete_studies(conn: asyncpg.Connection, quiet_seconds: float, limit
     return await conn.fetch(
         "SELECT * FROM imaging_study WHERE changed"
         " AND last_received_at <= clock_timestamp() - make_interval(secs => $1)"
-        " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp() OR needs_action)"
         " ORDER BY last_received_at LIMIT $2",
         quiet_seconds, limit,
     )
@@ -161,13 +162,15 @@ async def add_manifest(conn: asyncpg.Connection, *, study_uid: str, document_uni
     async with conn.transaction():
         taken = await conn.fetchval(
             "UPDATE imaging_study SET changed = false, state = 'publishing', attempts = 0, last_error = NULL,"
-            " next_attempt_at = NULL WHERE study_uid = $1 AND changed AND last_received_at = $2 RETURNING true",
+            " next_attempt_at = NULL, needs_action = false"
+            " WHERE study_uid = $1 AND changed AND last_received_at = $2 RETURNING true",
             study_uid, snapshot,
         )
         if not taken:
             return False
         await conn.execute(
-            "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state = 'pending'", study_uid
+            "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state IN ('pending', 'failed')",
+            study_uid
         )
         await conn.execute(
             "INSERT INTO imaging_manifest (document_unique_id, study_uid, entry_uuid, storage_key, size, hash,"
@@ -207,13 +210,67 @@ async def manifest_failed(conn: asyncpg.Connection, document_unique_id: str, err
     )
 
 
+async def manifest_refused(conn: asyncpg.Connection, document_unique_id: str, error: str,
+                           recheck_delay: float) -> None:
+    """The manifest was refused for good: not retried; its study needs action (the patient mapping is
+    looked at again after ``recheck_delay`` seconds, see Tracker.recheck)."""
+    async with conn.transaction():
+        study_uid = await conn.fetchval(
+            "UPDATE imaging_manifest SET state = 'failed', attempts = attempts + 1, last_error = $2"
+            " WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
+            document_unique_id, error,
+        )
+        if study_uid:
+            await conn.execute(
+                "UPDATE imaging_study SET state = 'failed', needs_action = true, last_error = $2, attempts = 0,"
+                " next_attempt_at = clock_timestamp() + make_interval(secs => $3)"
+                " WHERE study_uid = $1 AND NOT changed",
+                study_uid, error, recheck_delay,
+            )
+
+
+async def retry_study(conn: asyncpg.Connection, study_uid: str) -> bool:
+    """Build and send the study's manifest again (its patient asked of PIX again): after an operator fixed
+    what made it fail. False when the study is unknown or has nothing to retry."""
+    async with conn.transaction():
+        retried = await conn.fetchval(
+            "UPDATE imaging_study SET changed = true, state = 'receiving', needs_action = false,"
+            " affinity_patient_id = NULL, attempts = 0, last_error = NULL, next_attempt_at = NULL"
+            " WHERE study_uid = $1 AND (needs_action OR state IN ('failed', 'waiting_patient')) RETURNING true",
+            study_uid,
+        )
+        if retried:
+            await conn.execute(
+                "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state = 'failed'",
+                study_uid)
+    return bool(retried)
+
+
+async def due_rechecks(conn: asyncpg.Connection, limit: int = 10) -> list[asyncpg.Record]:
+    """Studies needing action whose patient mapping is due to be looked at again."""
+    return await conn.fetch(
+        "SELECT * FROM imaging_study WHERE needs_action AND NOT changed AND next_attempt_at <= clock_timestamp()"
+        " ORDER BY next_attempt_at LIMIT $1",
+        limit,
+    )
+
+
+async def postpone_recheck(conn: asyncpg.Connection, study_uid: str, delay: float) -> None:
+    await conn.execute(
+        "UPDATE imaging_study SET next_attempt_at = clock_timestamp() + make_interval(secs => $2)"
+        " WHERE study_uid = $1 AND needs_action",
+        study_uid, delay,
+    )
+
+
 async def publication_status(conn: asyncpg.Connection, *, problems_only: bool = True) -> list[dict]:
-    """Every study not (yet) transferred: waiting for its patient, or with a manifest still to be sent.
+    """Every study not (yet) transferred: waiting for its patient, with a manifest still to be sent, or
+    refused for good and needing an operator (``needs_action``, listed first).
 
     With ``problems_only`` false, published studies are listed too.
     """
     rows = await conn.fetch(
-        "SELECT s.study_uid, s.patient_id, s.patient_issuer_oid, s.affinity_patient_id, s.state,"
+        "SELECT s.study_uid, s.patient_id, s.patient_issuer_oid, s.affinity_patient_id, s.state, s.needs_action,"
         " s.last_received_at, s.changed,"
         " (SELECT count(*) FROM imaging_instance i WHERE i.study_uid = s.study_uid) AS instances,"
         " COALESCE(m.attempts, s.attempts) AS attempts, COALESCE(m.last_error, s.last_error) AS last_error,"
@@ -221,7 +278,7 @@ async def publication_status(conn: asyncpg.Connection, *, problems_only: bool = 
         " FROM imaging_study s LEFT JOIN LATERAL (SELECT * FROM imaging_manifest x WHERE x.study_uid = s.study_uid"
         "   AND x.state = 'pending' ORDER BY x.created_at DESC LIMIT 1) m ON true"
         " WHERE NOT $1 OR s.state <> 'published' OR s.changed"
-        " ORDER BY s.last_received_at",
+        " ORDER BY s.needs_action DESC, s.last_received_at",
         problems_only,
     )
     return [dict(r) for r in rows]

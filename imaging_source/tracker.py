@@ -95,12 +95,16 @@ class Tracker:
             manifests = await store.due_manifests(conn)
         for manifest in manifests:
             await self.publish(manifest)
+        async with self.source.pool.acquire() as conn:
+            refused = await store.due_rechecks(conn)
+        for study in refused:
+            await self.recheck(study)
 
     # --- patient mapping -----------------------------------------------------------------------
 
     async def affinity_patient(self, study) -> str | None:
         """The affinity-domain patient id (CX) of a study, asking PIX when not known yet."""
-        if study["affinity_patient_id"]:
+        if study["affinity_patient_id"] and not study["needs_action"]:  # after a refusal: ask PIX again
             return study["affinity_patient_id"]
         local = local_patient(study)
         settings = self.settings
@@ -112,7 +116,7 @@ class Tracker:
                                                      "assigning authority OID (set patient-id-issuer-oid)",
                                                      self._delay(study["attempts"] + 1))
                     return None
-                cx = local.to_cx()
+                cx = Identifiable(local.id, local.authority_oid).to_cx()  # id^^^&OID&ISO, no namespace
                 await store.set_affinity_patient(conn, study["study_uid"], cx)
                 return cx
             if settings.pix_port is None:
@@ -177,6 +181,13 @@ class Tracker:
             if not isinstance(exc, PublishError | StorageError):
                 log.exception("manifest %s: unexpected failure", uid)
                 exc = PublishError(f"internal error: {type(exc).__name__}: {exc}")
+            if getattr(exc, "permanent", False):
+                async with self.source.pool.acquire() as conn:
+                    await store.manifest_refused(conn, uid, str(exc), self.settings.retry_max)
+                log.error("manifest %s of study %s refused, not retried: %s. Fix the cause, then send new "
+                          "instances or run `xds-imaging-source retry %s`", uid, manifest["study_uid"], exc,
+                          manifest["study_uid"])
+                return False
             delay = self._delay(manifest["attempts"] + 1)
             async with self.source.pool.acquire() as conn:
                 await store.manifest_failed(conn, uid, str(exc), delay)
@@ -187,6 +198,29 @@ class Tracker:
             await store.manifest_published(conn, uid)
         log.info("manifest %s of study %s published", uid, manifest["study_uid"])
         return True
+
+    async def recheck(self, study) -> bool:
+        """A refused study is retried by itself once PIX maps its patient to another affinity-domain id
+        (e.g. after a merge or a corrected feed); otherwise it is looked at again after retry-max."""
+        local = local_patient(study)
+        settings = self.settings
+        mapped: str | None = None
+        if settings.affinity_domain_oid and settings.pix_port is not None:
+            try:
+                ids = await pix_query(settings.pix_host, settings.pix_port, local, [settings.affinity_domain_oid])
+                found = [i for i in ids if i.authority_oid == settings.affinity_domain_oid]
+                if found:
+                    mapped = Identifiable(found[0].id, settings.affinity_domain_oid).to_cx()
+            except PixQueryError as exc:
+                log.info("study %s: PIX re-check failed: %s", study["study_uid"], exc)
+        async with self.source.pool.acquire() as conn:
+            if mapped and mapped != study["affinity_patient_id"]:
+                await store.retry_study(conn, study["study_uid"])
+                log.info("study %s: PIX now maps patient %s to %s: publishing again", study["study_uid"],
+                         local.to_cx(), mapped)
+                return True
+            await store.postpone_recheck(conn, study["study_uid"], settings.retry_max)
+        return False
 
     async def _send(self, manifest) -> None:
         from imaging_source.publish import send_manifest

@@ -47,13 +47,15 @@ async def wait_for(predicate, timeout: float = 40.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
-async def feed_patient(mllp_port: int, pid3: str, name: str = "Smith^Jane") -> None:
-    """ITI-8: an ADT^A01 over MLLP, as the hospital's PAS sends it; the registry must accept it (AA)."""
+async def feed_patient(mllp_port: int, pid3: str, name: str = "Smith^Jane", *, event: str = "A01",
+                       mrg: str | None = None) -> None:
+    """ITI-8: an ADT (A01, or A40 merging ``mrg``) over MLLP as the hospital's PAS sends it; must be accepted."""
+    structure = "ADT_A39" if event == "A40" else "ADT_A01"
     message = "\r".join([
-        f"MSH|^~\\&|PAS|HOSPA|XDS-REG|NETWORK|20260105120000||ADT^A01^ADT_A01|{uuid.uuid4().hex[:20]}|P|2.5",
-        "EVN|A01|20260105120000",
+        f"MSH|^~\\&|PAS|HOSPA|XDS-REG|NETWORK|20260105120000||ADT^{event}^{structure}|{uuid.uuid4().hex[:20]}|P|2.5",
+        f"EVN|{event}|20260105120000",
         f"PID|||{pid3}||{name}||19800102|F",
-        "PV1||O",
+        f"MRG|{mrg}" if mrg else "PV1||O",
     ]) + "\r"
     reader, writer = await open_hl7_connection("127.0.0.1", mllp_port)
     try:
@@ -69,11 +71,11 @@ def study_copy(sample: Path, folder: Path, patient_id: str, **attributes) -> pyd
     """A fresh study (new UIDs) from a sample file, for ``patient_id`` with the given patient attributes."""
     ds = pydicom.dcmread(sample)
     ds.PatientID = patient_id
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
     folder.mkdir(parents=True, exist_ok=True)
     ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     return ds
