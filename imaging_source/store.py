@@ -276,8 +276,8 @@ async def publication_status(conn: asyncpg.Connection, *, problems_only: bool = 
         " COALESCE(m.attempts, s.attempts) AS attempts, COALESCE(m.last_error, s.last_error) AS last_error,"
         " COALESCE(m.next_attempt_at, s.next_attempt_at) AS next_attempt_at, m.document_unique_id AS manifest_uid"
         " FROM imaging_study s LEFT JOIN LATERAL (SELECT * FROM imaging_manifest x WHERE x.study_uid = s.study_uid"
-        "   AND x.state = 'pending' ORDER BY x.created_at DESC LIMIT 1) m ON true"
-        " WHERE NOT $1 OR s.state <> 'published' OR s.changed"
+        "   AND x.state IN ('pending', 'deprecating') ORDER BY x.created_at DESC LIMIT 1) m ON true"
+        " WHERE NOT $1 OR s.state NOT IN ('published', 'withdrawn') OR s.changed OR m.document_unique_id IS NOT NULL"
         " ORDER BY s.needs_action DESC, s.last_received_at",
         problems_only,
     )

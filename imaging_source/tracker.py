@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from ihe.hl7 import PixQueryError, pix_query
 from ihe.metadata.model import Identifiable
-from imaging_source import store
+from imaging_source import rejection, store
 from imaging_source.context import ImagingSource
 from imaging_source.manifest import ReferencedInstance, RetrieveInfo, build_manifest, header_from_json
 from imaging_source.publish import ManifestCodes, ManifestDocument, PublishError, manifest_submission, parse_code
@@ -78,7 +78,18 @@ class Tracker:
                 await asyncio.wait_for(self.wakeup.wait(), self.settings.tracker_interval)
             self.wakeup.clear()
 
+    def soap_client(self):
+        if self.client is None:
+            from consumer.client.soap import SoapClient
+
+            self.client = SoapClient(timeout=120)
+        return self.client
+
     async def run_once(self) -> None:
+        try:  # IOCM first, so that no manifest built in this pass lists a rejected instance
+            await rejection.process_rejections(self.source)
+        except Exception:
+            log.exception("IOCM rejection pass failed")
         async with self.source.pool.acquire() as conn:
             studies = await store.complete_studies(conn, self.settings.quiet_period)
         # One study or manifest that fails unexpectedly must neither block the others nor fail unseen:
@@ -95,6 +106,10 @@ class Tracker:
             manifests = await store.due_manifests(conn)
         for manifest in manifests:
             await self.publish(manifest)
+        async with self.source.pool.acquire() as conn:
+            withdrawn = await rejection.due_deprecations(conn)
+        for manifest in withdrawn:
+            await rejection.deprecate(self, manifest)
         async with self.source.pool.acquire() as conn:
             refused = await store.due_rechecks(conn)
         for study in refused:
@@ -150,6 +165,8 @@ class Tracker:
         async with self.source.pool.acquire() as conn:
             rows = await store.instances_of(conn, study_uid)
             previous = await store.latest_published_manifest(conn, study_uid)
+            if not rows and await rejection.withdraw_study(conn, study):  # IOCM: nothing of the study remains
+                return False
         header = study_header(study)
         refs = [ReferencedInstance(r["series_uid"], r["sop_class_uid"], r["sop_instance_uid"]) for r in rows]
         retrieve = RetrieveInfo(self.settings.ae_title, self.settings.repository_unique_id, self.settings.wado_rs_url)
@@ -242,8 +259,4 @@ class Tracker:
             codes=self.codes,
             accession_issuer_oid=self.settings.accession_issuer_oid,
         )
-        if self.client is None:
-            from consumer.client.soap import SoapClient
-
-            self.client = SoapClient(timeout=120)
-        await send_manifest(self.client, self.settings.repository_url, package, kos)
+        await send_manifest(self.soap_client(), self.settings.repository_url, package, kos)
