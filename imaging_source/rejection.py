@@ -224,7 +224,8 @@ def deprecation_request(entry_uuid: str, patient_id: Identifiable, *, source_id:
 
 async def due_deprecations(conn: asyncpg.Connection, limit: int = 10) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT m.*, s.affinity_patient_id FROM imaging_manifest m JOIN imaging_study s USING (study_uid)"
+        "SELECT m.*, COALESCE(m.patient_cx, s.affinity_patient_id) AS deprecated_patient_cx"
+        " FROM imaging_manifest m JOIN imaging_study s USING (study_uid)"
         " WHERE m.state = 'deprecating' AND m.next_attempt_at <= clock_timestamp()"
         " ORDER BY m.next_attempt_at LIMIT $1", limit)
 
@@ -256,7 +257,7 @@ async def deprecate(tracker, manifest) -> bool:
     try:
         if not settings.registry_url:
             raise PublishError("no registry configured (registry-url): the manifest cannot be deprecated (ITI-57)")
-        request = deprecation_request(manifest["entry_uuid"], Identifiable.parse_cx(manifest["affinity_patient_id"]),
+        request = deprecation_request(manifest["entry_uuid"], Identifiable.parse_cx(manifest["deprecated_patient_cx"]),
                                       source_id=settings.source_id, content_type_code=tracker.codes.content_type_code)
         await send_deprecation(tracker.soap_client(), settings.registry_url, request)
     except PublishError as exc:

@@ -180,6 +180,14 @@ async def add_manifest(conn: asyncpg.Connection, *, study_uid: str, document_uni
     return True
 
 
+async def deprecate_manifest(conn: asyncpg.Connection, document_unique_id: str) -> None:
+    """Queue a published manifest for deprecation (ITI-57, sent by imaging_source.rejection.deprecate)."""
+    await conn.execute(
+        "UPDATE imaging_manifest SET state = 'deprecating', attempts = 0, last_error = NULL,"
+        " next_attempt_at = clock_timestamp() WHERE document_unique_id = $1 AND state = 'published'",
+        document_unique_id)
+
+
 async def due_manifests(conn: asyncpg.Connection, limit: int = 10) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT m.*, s.affinity_patient_id FROM imaging_manifest m JOIN imaging_study s USING (study_uid)"
@@ -191,8 +199,10 @@ async def due_manifests(conn: asyncpg.Connection, limit: int = 10) -> list[async
 async def manifest_published(conn: asyncpg.Connection, document_unique_id: str) -> None:
     async with conn.transaction():
         study_uid = await conn.fetchval(
-            "UPDATE imaging_manifest SET state = 'published', published_at = clock_timestamp(), last_error = NULL,"
-            " attempts = attempts + 1 WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
+            "UPDATE imaging_manifest m SET state = 'published', published_at = clock_timestamp(), last_error = NULL,"
+            " attempts = attempts + 1, (patient_cx, local_patient_id) = (SELECT affinity_patient_id, patient_id"
+            " FROM imaging_study s WHERE s.study_uid = m.study_uid)"
+            " WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
             document_unique_id,
         )
         if study_uid:

@@ -22,6 +22,7 @@ from ihe.hl7 import PixQueryError, pix_query
 from ihe.metadata.model import Identifiable
 from imaging_source import rejection, store
 from imaging_source.context import ImagingSource
+from imaging_source.corrections import Corrections
 from imaging_source.manifest import ReferencedInstance, RetrieveInfo, build_manifest, header_from_json
 from imaging_source.publish import ManifestCodes, ManifestDocument, PublishError, manifest_submission, parse_code
 from imaging_source.storage import StorageError, manifest_key
@@ -65,6 +66,7 @@ class Tracker:
         self.client = client
         self.codes = manifest_codes(source.settings)
         self.wakeup = asyncio.Event()
+        self.corrections = Corrections()
 
     async def run(self) -> None:
         while True:
@@ -90,6 +92,10 @@ class Tracker:
             await rejection.process_rejections(self.source)
         except Exception:
             log.exception("IOCM rejection pass failed")
+        try:
+            await self.corrections.run(self.source)
+        except Exception:
+            log.exception("pass over instances sent again failed")
         async with self.source.pool.acquire() as conn:
             studies = await store.complete_studies(conn, self.settings.quiet_period)
         # One study or manifest that fails unexpectedly must neither block the others nor fail unseen:
@@ -167,6 +173,17 @@ class Tracker:
             previous = await store.latest_published_manifest(conn, study_uid)
             if not rows and await rejection.withdraw_study(conn, study):  # IOCM: nothing of the study remains
                 return False
+            patient = await store.get_study(conn, study_uid)
+            if (previous and patient and previous["local_patient_id"] not in (None, patient["patient_id"])
+                    and previous["patient_cx"] != patient["affinity_patient_id"]):
+                # The hospital moved the study to another patient: RPLC cannot change the patient
+                # (XDSPatientIdDoesNotMatch), so the new manifest is an original for the new patient and the
+                # old one is deprecated. (A merge at the registry keeps the hospital number and moves the
+                # entries, so RPLC stays right there.)
+                await store.deprecate_manifest(conn, previous["document_unique_id"])
+                log.info("study %s moved from patient %s to %s: its manifest %s will be deprecated", study_uid,
+                         previous["patient_cx"], patient["affinity_patient_id"], previous["document_unique_id"])
+                previous = None
         header = study_header(study)
         refs = [ReferencedInstance(r["series_uid"], r["sop_class_uid"], r["sop_instance_uid"]) for r in rows]
         retrieve = RetrieveInfo(self.settings.ae_title, self.settings.repository_unique_id, self.settings.wado_rs_url)

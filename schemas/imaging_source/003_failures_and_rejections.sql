@@ -32,3 +32,11 @@ CREATE TABLE imaging_kos_examined (
 );
 CREATE INDEX imaging_instance_kos ON imaging_instance (sop_instance_uid)
     WHERE sop_class_uid = '1.2.840.10008.5.1.4.1.1.88.59';
+
+-- Corrections: an instance sent again with changed patient/study/series attributes (found by its received_at
+-- being later than its study's last change) updates the study and publishes a new manifest; a manifest
+-- remembers the patient it was published under (affinity-domain id and hospital number), so that a study the
+-- hospital moved to another patient is published anew for that patient and its old manifest deprecated (RPLC
+-- cannot change the patient; a merge at the registry, which moves the entries, keeps RPLC).
+CREATE INDEX imaging_instance_received ON imaging_instance (received_at);
+ALTER TABLE imaging_manifest ADD COLUMN patient_cx text, ADD COLUMN local_patient_id text;

@@ -302,3 +302,96 @@ async def test_withdrawn_study_is_deprecated_at_the_registry(hospital, samples, 
     async with SoapClient(timeout=60) as client:
         [entry] = await get_documents(client, registry.url, [published["document_unique_id"]])
     assert entry.status == AvailabilityStatus.DEPRECATED
+
+
+# --- corrections: an instance sent again with other attributes, a study moved to another patient -----------
+
+
+async def test_resent_instance_with_corrected_attributes_is_published_again(hospital, samples, tmp_path):
+    registry, _repository, source = hospital
+    nhs, [ds] = await published_study(registry, source, samples, tmp_path, 1)
+    study_uid = ds.StudyInstanceUID
+    [first] = await manifests(source.database_url, study_uid)
+
+    # The same instance, identical: nothing to publish.
+    same = tmp_path / "same"
+    same.mkdir()
+    ds.save_as(same / "1.dcm", enforce_file_format=True)
+    storescu(source.dicom_port, same)
+    await asyncio.sleep(3)
+    assert len(await manifests(source.database_url, study_uid)) == 1
+
+    # The PACS corrects the study description and the patient's name: the manifest is replaced (RPLC).
+    ds.StudyDescription = "CT chest corrected"
+    ds.PatientName = "Smith^Janet"
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    ds.save_as(fixed / "1.dcm", enforce_file_format=True)
+    storescu(source.dicom_port, fixed)
+
+    async def replaced():
+        rows = await manifests(source.database_url, study_uid)
+        return rows if len(rows) == 2 and rows[1]["state"] == "published" else None
+
+    _, second = await wait_for(replaced, what=lambda: f"the replacement: {status_rows(source)}")
+    assert second["replaces_entry_uuid"] == first["entry_uuid"]
+    [entry] = await published_for(registry, nhs, study_uid)
+    assert entry.unique_id == second["document_unique_id"]
+    assert entry.title.value == "CT chest corrected"
+    assert "PID-5|Smith^Janet" in entry.source_patient_info
+
+
+async def test_study_moved_to_another_patient(new_imaging_database, registry_database_url, samples, tmp_path):
+    """The hospital re-sends a study under another Patient ID: a new manifest for the new patient (an original:
+    RPLC cannot change the patient), and the old patient's manifest is deprecated by ITI-57 (seen by a
+    capturing registry endpoint, since this branch's registry has no ITI-57 yet)."""
+    registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
+    repository = start_repository_process(registry_database_url, registry.url, tmp_path / "repository")
+    capture = CapturingRegistry()
+    app = web.Application()
+    app.router.add_post("/registry", capture.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", capture.port).start()
+    database_url = await asyncio.to_thread(new_imaging_database)
+    source = start_imaging_source(
+        database_url, tmp_path / "instances", "--repository-url", repository.url,
+        "--registry-url", f"http://127.0.0.1:{capture.port}/registry", "--pix-port", str(registry.mllp_port),
+        "--affinity-domain-oid", NHS_OID, "--patient-id-issuer-oid", HOSPA_OID, "--quiet-period", "1",
+        "--tracker-interval", "0.2", "--retry-initial", "0.5", "--retry-max", "1")
+    try:
+        old_nhs, [ds] = await published_study(registry, source, samples, tmp_path, 1)
+        study_uid = ds.StudyInstanceUID
+        [first] = await manifests(database_url, study_uid)
+        new_nhs, new_number = new_numbers()
+        await feed_patient(registry.mllp_port, f"{new_nhs}^^^NHS&{NHS_OID}&ISO~{new_number}^^^HOSPA&{HOSPA_OID}&ISO",
+                           name="Jones^Ann")
+        ds.PatientID, ds.PatientName = new_number, "Jones^Ann"
+        moved = tmp_path / "moved"
+        moved.mkdir()
+        ds.save_as(moved / "1.dcm", enforce_file_format=True)
+        storescu(source.dicom_port, moved)
+
+        [entry] = await wait_for(lambda: published_for(registry, new_nhs, study_uid),
+                                 what=lambda: f"publication for the new patient: {status_rows(source)}")
+        assert entry.source_patient_id == Identifiable(new_number, HOSPA_OID)
+        rows = await manifests(database_url, study_uid)
+        assert rows[-1]["document_unique_id"] == entry.unique_id and rows[-1]["replaces_entry_uuid"] is None
+        await wait_for(lambda: capture.requests, what=lambda: f"ITI-57: {status_rows(source)}")
+        [(action, request)] = capture.requests
+        assert action == ACTION_ITI57
+        [association] = request.findall(f".//{{{RIM}}}Association")
+        assert association.get("targetObject") == first["entry_uuid"]
+        [package] = request.findall(f".//{{{RIM}}}RegistryPackage")
+        patient = [e.get("value") for e in package.iter(f"{{{RIM}}}ExternalIdentifier")
+                   if e.get("identificationScheme") == v.SS_PATIENT_ID]
+        assert patient == [f"{old_nhs}^^^&{NHS_OID}&ISO"]  # the entry's own patient
+        async def states():
+            return [r["state"] for r in await manifests(database_url, study_uid)] == ["deprecated", "published"]
+
+        await wait_for(states, what="the old manifest deprecated, the new one published")
+    finally:
+        source.stop()
+        await runner.cleanup()
+        repository.stop()
+        registry.stop()
