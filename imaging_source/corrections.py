@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MARGIN = timedelta(seconds=60)
+MARGIN = timedelta(seconds=10)  # longer than any ingest transaction; each pass reads this much again
 MODALITY_TAG = "00080060"  # longer than any ingest transaction
 
 

@@ -115,7 +115,17 @@ async def record_examined(conn: asyncpg.Connection, row, note: RejectionNote | N
             [(sop, study, note.code, note.meaning, note.note_uid) for study, _series, sop in note.rejected],
         )
         # The note is no clinical object of the study: it is neither listed in manifests nor served.
-        await conn.execute("DELETE FROM imaging_instance WHERE sop_instance_uid = $1", note.note_uid)
+        series_uid = await conn.fetchval(
+            "DELETE FROM imaging_instance WHERE sop_instance_uid = $1 RETURNING series_uid", note.note_uid)
+        await conn.execute("DELETE FROM imaging_series s WHERE series_uid = $1 AND NOT EXISTS"
+                           " (SELECT 1 FROM imaging_instance i WHERE i.series_uid = s.series_uid)", series_uid)
+        # A study the note alone made (a note kept in a study of its own) is no study to publish.
+        await conn.execute(
+            "DELETE FROM imaging_study s WHERE study_uid = $1"
+            " AND NOT EXISTS (SELECT 1 FROM imaging_instance i WHERE i.study_uid = s.study_uid)"
+            " AND NOT EXISTS (SELECT 1 FROM imaging_manifest m WHERE m.study_uid = s.study_uid)"
+            " AND NOT EXISTS (SELECT 1 FROM imaging_rejected_instance r WHERE r.study_uid = s.study_uid)",
+            row["study_uid"])
         await conn.execute(
             "UPDATE imaging_study SET changed = true, last_received_at = clock_timestamp(), state = 'receiving'"
             " WHERE study_uid = $1", row["study_uid"])

@@ -395,3 +395,22 @@ async def test_study_moved_to_another_patient(new_imaging_database, registry_dat
         await runner.cleanup()
         repository.stop()
         registry.stop()
+
+
+async def test_rejection_note_before_the_instances(hospital, samples, tmp_path):
+    """A PACS may send the rejection note first: the instances it rejects are never served nor published."""
+    registry, _repository, source = hospital
+    nhs, hospital_number = new_numbers()
+    await feed_patient(registry.mllp_port, f"{nhs}^^^NHS&{NHS_OID}&ISO~{hospital_number}^^^HOSPA&{HOSPA_OID}&ISO")
+    instances = study_files(samples["CT"], tmp_path / "study", hospital_number, 2)
+    kept, rejected = instances
+    rejection_note([rejected], "113038", tmp_path / "note")
+    storescu(source.dicom_port, tmp_path / "note")
+    await asyncio.sleep(1)
+    storescu(source.dicom_port, tmp_path / "study")
+    [entry] = await wait_for(lambda: published_for(registry, nhs, kept.StudyInstanceUID),
+                             what=lambda: f"publication: {status_rows(source)}")
+    rows = await manifests(source.database_url, kept.StudyInstanceUID)
+    assert [r["instance_count"] for r in rows if r["state"] == "published"] == [1]
+    assert wado_status(source, rejected) == 404 and wado_status(source, kept) == 200
+    assert entry.unique_id == rows[-1]["document_unique_id"]
