@@ -5,8 +5,8 @@ Ingest indexes a copy of a known SOP instance under its new storage key and rece
 study as it was. Each tracker pass looks at instances received since the previous pass (with a margin for
 transactions still open) whose study did not change since: when the patient, study or series attributes
 the manifest metadata is built from differ, the study takes them and is published again (RPLC). When the
-hospital number changed, the affinity-domain patient is asked of PIX again; a manifest published for
-another patient is then deprecated and a new one published (see Tracker.complete_study).
+hospital number changed, the published manifest is deprecated at once (ITI-57) and the study is
+published anew, for the patient PIX then maps the new hospital number to.
 """
 
 from __future__ import annotations
@@ -76,6 +76,14 @@ async def apply_correction(conn: asyncpg.Connection, info: InstanceInfo) -> bool
         await conn.execute(
             "UPDATE imaging_series SET modality = $2, body_part = $3, anatomic_region = $4, series_number = $5,"
             " series_description = $6 WHERE series_uid = $1", info.series_uid, *series_values)
+        if new_patient:
+            # The images are no longer this patient's: withdraw them from the patient's list now (ITI-57, sent
+            # by imaging_source.rejection.deprecate), before the new patient is even known; the study is then
+            # published for the new patient as an original (RPLC cannot change the patient).
+            await conn.execute(
+                "UPDATE imaging_manifest SET state = 'deprecating', attempts = 0, last_error = NULL,"
+                " next_attempt_at = clock_timestamp() WHERE study_uid = $1 AND state = 'published'",
+                info.study_uid)
     log.info("study %s: instance %s sent again with changed attributes%s: publishing again", info.study_uid,
              info.sop_instance_uid, f" (now patient {info.patient_id})" if new_patient else "")
     return True

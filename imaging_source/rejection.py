@@ -273,9 +273,11 @@ async def deprecate(tracker, manifest) -> bool:
     except PublishError as exc:
         async with source.pool.acquire() as conn:
             if exc.permanent:
+                # Kept queued but not due: `xds-imaging-source retry` makes it due again (store.retry_study).
                 await conn.execute(
-                    "UPDATE imaging_manifest SET state = 'published', attempts = attempts + 1, last_error = $2"
-                    " WHERE document_unique_id = $1", uid, str(exc))
+                    "UPDATE imaging_manifest SET attempts = attempts + 1, last_error = $2,"
+                    " next_attempt_at = clock_timestamp() + interval '100 years' WHERE document_unique_id = $1",
+                    uid, str(exc))
                 await conn.execute(
                     "UPDATE imaging_study SET state = 'failed', needs_action = true, last_error = $2,"
                     " next_attempt_at = clock_timestamp() + make_interval(secs => $3) WHERE study_uid = $1",

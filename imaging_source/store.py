@@ -180,14 +180,6 @@ async def add_manifest(conn: asyncpg.Connection, *, study_uid: str, document_uni
     return True
 
 
-async def deprecate_manifest(conn: asyncpg.Connection, document_unique_id: str) -> None:
-    """Queue a published manifest for deprecation (ITI-57, sent by imaging_source.rejection.deprecate)."""
-    await conn.execute(
-        "UPDATE imaging_manifest SET state = 'deprecating', attempts = 0, last_error = NULL,"
-        " next_attempt_at = clock_timestamp() WHERE document_unique_id = $1 AND state = 'published'",
-        document_unique_id)
-
-
 async def due_manifests(conn: asyncpg.Connection, limit: int = 10) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT m.*, s.affinity_patient_id FROM imaging_manifest m JOIN imaging_study s USING (study_uid)"
@@ -200,12 +192,16 @@ async def manifest_published(conn: asyncpg.Connection, document_unique_id: str) 
     async with conn.transaction():
         study_uid = await conn.fetchval(
             "UPDATE imaging_manifest m SET state = 'published', published_at = clock_timestamp(), last_error = NULL,"
-            " attempts = attempts + 1, (patient_cx, local_patient_id) = (SELECT affinity_patient_id, patient_id"
-            " FROM imaging_study s WHERE s.study_uid = m.study_uid)"
+            " attempts = attempts + 1, patient_cx = (SELECT affinity_patient_id FROM imaging_study s"
+            " WHERE s.study_uid = m.study_uid)"
             " WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
             document_unique_id,
         )
         if study_uid:
+            await conn.execute(  # the registry deprecated the one it replaces (RPLC)
+                "UPDATE imaging_manifest SET state = 'replaced' WHERE state = 'published' AND entry_uuid ="
+                " (SELECT replaces_entry_uuid FROM imaging_manifest WHERE document_unique_id = $1)",
+                document_unique_id)
             await conn.execute(
                 "UPDATE imaging_study SET state = 'published' WHERE study_uid = $1 AND state = 'publishing'",
                 study_uid,
@@ -253,6 +249,9 @@ async def retry_study(conn: asyncpg.Connection, study_uid: str) -> bool:
             await conn.execute(
                 "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state = 'failed'",
                 study_uid)
+            await conn.execute(  # a refused deprecation (ITI-57) is sent again too
+                "UPDATE imaging_manifest SET attempts = 0, next_attempt_at = clock_timestamp()"
+                " WHERE study_uid = $1 AND state = 'deprecating'", study_uid)
     return bool(retried)
 
 

@@ -173,17 +173,6 @@ class Tracker:
             previous = await store.latest_published_manifest(conn, study_uid)
             if not rows and await rejection.withdraw_study(conn, study):  # IOCM: nothing of the study remains
                 return False
-            patient = await store.get_study(conn, study_uid)
-            if (previous and patient and previous["local_patient_id"] not in (None, patient["patient_id"])
-                    and previous["patient_cx"] != patient["affinity_patient_id"]):
-                # The hospital moved the study to another patient: RPLC cannot change the patient
-                # (XDSPatientIdDoesNotMatch), so the new manifest is an original for the new patient and the
-                # old one is deprecated. (A merge at the registry keeps the hospital number and moves the
-                # entries, so RPLC stays right there.)
-                await store.deprecate_manifest(conn, previous["document_unique_id"])
-                log.info("study %s moved from patient %s to %s: its manifest %s will be deprecated", study_uid,
-                         previous["patient_cx"], patient["affinity_patient_id"], previous["document_unique_id"])
-                previous = None
         header = study_header(study)
         refs = [ReferencedInstance(r["series_uid"], r["sop_class_uid"], r["sop_instance_uid"]) for r in rows]
         retrieve = RetrieveInfo(self.settings.ae_title, self.settings.repository_unique_id, self.settings.wado_rs_url)

@@ -35,8 +35,14 @@ CREATE INDEX imaging_instance_kos ON imaging_instance (sop_instance_uid)
 
 -- Corrections: an instance sent again with changed patient/study/series attributes (found by its received_at
 -- being later than its study's last change) updates the study and publishes a new manifest; a manifest
--- remembers the patient it was published under (affinity-domain id and hospital number), so that a study the
--- hospital moved to another patient is published anew for that patient and its old manifest deprecated (RPLC
--- cannot change the patient; a merge at the registry, which moves the entries, keeps RPLC).
+-- remembers the affinity-domain patient it was published under: a study the hospital moved to another patient
+-- has its manifest deprecated (ITI-57, for that patient) and is published anew for the new one (RPLC cannot
+-- change the patient).
 CREATE INDEX imaging_instance_received ON imaging_instance (received_at);
-ALTER TABLE imaging_manifest ADD COLUMN patient_cx text, ADD COLUMN local_patient_id text;
+ALTER TABLE imaging_manifest ADD COLUMN patient_cx text;
+-- replaced: published, then replaced (RPLC) by a newer manifest, so at most one manifest per study is 'published'.
+ALTER TABLE imaging_manifest DROP CONSTRAINT imaging_manifest_state_check;
+ALTER TABLE imaging_manifest ADD CONSTRAINT imaging_manifest_state_check
+    CHECK (state IN ('pending', 'published', 'superseded', 'failed', 'deprecating', 'deprecated', 'replaced'));
+UPDATE imaging_manifest m SET state = 'replaced' WHERE state = 'published'
+    AND EXISTS (SELECT 1 FROM imaging_manifest n WHERE n.replaces_entry_uuid = m.entry_uuid AND n.state = 'published');

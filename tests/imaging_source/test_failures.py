@@ -196,8 +196,8 @@ async def test_patient_merge_heals_a_refused_replacement(peers, new_imaging_data
             if states[-1:] == ["published"] and len(states) >= 3:
                 break
             await asyncio.sleep(0.2)
-        # first manifest; the replacement naming X, refused and superseded; the one naming Y
-        assert states == ["published", "superseded", "published"], states
+        # first manifest (replaced); the replacement naming X, refused and superseded; the one naming Y
+        assert states == ["replaced", "superseded", "published"], states
         [entry] = entries
         assert entry.patient_id.id == new_nhs
     finally:

@@ -20,7 +20,7 @@ from lxml import etree
 from consumer.client.query import get_documents
 from consumer.client.retrieve import DocumentRequest, retrieve_document_set
 from consumer.client.soap import SoapClient
-from ihe.errors import STATUS_PARTIAL_SUCCESS, STATUS_SUCCESS, build_registry_response
+from ihe.errors import STATUS_PARTIAL_SUCCESS, STATUS_SUCCESS, ErrorCode, RegistryError, build_registry_response
 from ihe.metadata import vocabulary as v
 from ihe.metadata.model import AvailabilityStatus, Identifiable
 from ihe.soap import build_envelope_bytes
@@ -37,6 +37,7 @@ from imaging_source.rejection import (
 from tests.conftest import free_port, start_registry_process
 from tests.imaging_source.conftest import start_imaging_source
 from tests.imaging_source.rad69_client import rad69
+from tests.imaging_source.test_failures import cli
 from tests.imaging_source.test_xdsi_flow import (
     HOSPA_OID,
     NHS_OID,
@@ -123,17 +124,21 @@ def test_deprecation_request_is_iti57_and_schema_valid():
 class CapturingRegistry:
     """Stands in for a registry with ITI-57 (another branch builds it) to see what the source sends."""
 
-    def __init__(self) -> None:
+    def __init__(self, refusals: int = 0) -> None:
         self.requests: list[tuple[str, etree._Element]] = []
         self.port = free_port()
+        self.refusals = refusals  # answer the first ones with a Failure, as a registry refusing the update
 
     async def handle(self, request: web.Request) -> web.Response:
         envelope = parse_xml(await request.read())
         action = envelope.findtext(".//{http://www.w3.org/2005/08/addressing}Action")
         body = envelope.find("{http://www.w3.org/2003/05/soap-envelope}Body")
         self.requests.append((action, next(iter(body))))
+        errors = []
+        if len(self.requests) <= self.refusals:
+            errors = [RegistryError(ErrorCode.REGISTRY_METADATA_ERROR, "the entry is not Approved")]
         answer = build_envelope_bytes("urn:ihe:iti:2010:UpdateDocumentSetResponse",
-                                      etree.tostring(build_registry_response([])))
+                                      etree.tostring(build_registry_response(errors)))
         return web.Response(body=answer, content_type="application/soap+xml")
 
 
@@ -229,13 +234,15 @@ async def test_rejected_instance_leaves_the_manifest_and_is_no_longer_served(hos
     assert not [r for r in status_rows(source) if r["study_uid"] == study_uid]
 
 
+@pytest.mark.parametrize("refusals", [0, 1])
 async def test_withdrawn_study_sends_iti57_deprecation(new_imaging_database, registry_database_url, samples,
-                                                       tmp_path):
+                                                       tmp_path, refusals):
     """The sending side of ITI-57, seen by a capturing registry endpoint: every instance rejected (Data
-    Retention Policy Expired), so the published manifest is to be set Deprecated."""
+    Retention Policy Expired), so the published manifest is to be set Deprecated. A refused deprecation
+    needs action and is sent again by `xds-imaging-source retry`."""
     registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
     repository = start_repository_process(registry_database_url, registry.url, tmp_path / "repository")
-    capture = CapturingRegistry()
+    capture = CapturingRegistry(refusals)
     app = web.Application()
     app.router.add_post("/registry", capture.handle)
     runner = web.AppRunner(app)
@@ -254,7 +261,17 @@ async def test_withdrawn_study_sends_iti57_deprecation(new_imaging_database, reg
         rejection_note(instances, "113039", tmp_path / "note")
         storescu(source.dicom_port, tmp_path / "note")
         await wait_for(lambda: capture.requests, what=lambda: f"ITI-57: {status_rows(source)}")
-        [(action, request)] = capture.requests
+        if refusals:
+            [row] = await wait_for(lambda: [r for r in status_rows(source) if r["study_uid"] == study_uid
+                                            and r["needs_action"]], what=lambda: f"needs action: {status_rows(source)}")
+            assert "XDSRegistryMetadataError" in row["last_error"]
+            await asyncio.sleep(2)
+            assert len(capture.requests) == 1  # not retried by itself
+            retried = cli("retry", study_uid, "--database-url", database_url)
+            assert retried.returncode == 0, retried.stderr
+            await wait_for(lambda: len(capture.requests) == 2, what=lambda: f"ITI-57 again: {status_rows(source)}")
+            assert etree.tostring(capture.requests[0][1]) != etree.tostring(capture.requests[1][1])  # new set
+        action, request = capture.requests[-1]
         assert action == ACTION_ITI57
         reference_schema("lcm").assertValid(request)
         [association] = request.findall(f".//{{{RIM}}}Association")
