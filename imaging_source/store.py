@@ -64,12 +64,16 @@ INSTANCE_COLUMNS = (
     "i.sop_instance_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.transfer_syntax_uid, i.storage_key, i.size,"
     " i.instance_number, i.number_of_frames, s.modality"
 )
+# An instance rejected by IOCM is never served, not even in the moment before the tracker takes it out of
+# the index (e.g. when the PACS sends it again after its rejection).
+NOT_REJECTED = (" AND NOT EXISTS (SELECT 1 FROM imaging_rejected_instance r"
+                " WHERE r.sop_instance_uid = i.sop_instance_uid)")
 
 
 async def find_instance(conn: asyncpg.Connection, sop_instance_uid: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
-        " WHERE i.sop_instance_uid = $1",
+        " WHERE i.sop_instance_uid = $1" + NOT_REJECTED,
         sop_instance_uid,
     )
 
@@ -77,7 +81,7 @@ async def find_instance(conn: asyncpg.Connection, sop_instance_uid: str) -> asyn
 async def find_instances(conn: asyncpg.Connection, sop_instance_uids: list[str]) -> dict[str, asyncpg.Record]:
     rows = await conn.fetch(
         f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
-        " WHERE i.sop_instance_uid = ANY($1::text[])",
+        " WHERE i.sop_instance_uid = ANY($1::text[])" + NOT_REJECTED,
         sop_instance_uids,
     )
     return {r["sop_instance_uid"]: r for r in rows}
@@ -89,7 +93,7 @@ async def instances_of(conn: asyncpg.Connection, study_uid: str, series_uid: str
     return await conn.fetch(
         f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
         " WHERE i.study_uid = $1 AND ($2::text IS NULL OR i.series_uid = $2)"
-        " AND ($3::text IS NULL OR i.sop_instance_uid = $3)"
+        " AND ($3::text IS NULL OR i.sop_instance_uid = $3)" + NOT_REJECTED +
         " ORDER BY s.series_number NULLS LAST, i.series_uid, i.instance_number NULLS LAST, i.sop_instance_uid",
         study_uid, series_uid, sop_instance_uid,
     )

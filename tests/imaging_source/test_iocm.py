@@ -431,3 +431,19 @@ async def test_rejection_note_before_the_instances(hospital, samples, tmp_path):
     assert [r["instance_count"] for r in rows if r["state"] == "published"] == [1]
     assert wado_status(source, rejected) == 404 and wado_status(source, kept) == 200
     assert entry.unique_id == rows[-1]["document_unique_id"]
+
+
+async def test_a_rejected_instance_is_not_served_even_before_the_tracker_runs(imaging_pool, samples, tmp_path):
+    from imaging_source import store
+    from imaging_source.ingest import ingest
+    from imaging_source.storage import FileStorage
+
+    info, _ = await ingest(samples["CT"].read_bytes(), FileStorage(tmp_path), imaging_pool, issuer_oid=HOSPA_OID)
+    async with imaging_pool.acquire() as conn:
+        assert await store.find_instance(conn, info.sop_instance_uid) is not None
+        await conn.execute("INSERT INTO imaging_rejected_instance (sop_instance_uid, study_uid, reason_code, reason,"
+                           " note_uid) VALUES ($1, $2, '113001', 'Rejected for Quality Reasons', '1.2.3')",
+                           info.sop_instance_uid, info.study_uid)
+        assert await store.find_instance(conn, info.sop_instance_uid) is None
+        assert await store.find_instances(conn, [info.sop_instance_uid]) == {}
+        assert await store.instances_of(conn, info.study_uid) == []
