@@ -98,8 +98,9 @@ async def test_refused_manifest_needs_action_then_retry(peers, new_imaging_datab
         [entry] = await wait_for(lambda: published_for(registry, nhs, ds.StudyInstanceUID),
                                  what=lambda: f"publication after the fix: {status_rows(source)}")
         assert entry.source_patient_id.id == hospital_number
+        await wait_for(lambda: not [r for r in status_rows(source) if r["study_uid"] == ds.StudyInstanceUID],
+                       what=lambda: f"the study to leave the status list: {status_rows(source)}")
         assert await manifest_states(database_url, ds.StudyInstanceUID) == ["superseded", "published"]
-        assert not [r for r in status_rows(source) if r["study_uid"] == ds.StudyInstanceUID]
     finally:
         source.stop()
 
@@ -137,6 +138,8 @@ async def test_refused_metadata_is_published_again_by_retry(registry_database_ur
         [entry] = await wait_for(lambda: published_for(registry, nhs, ds.StudyInstanceUID),
                                  what=lambda: f"publication after retry: {status_rows(source)}")
         assert entry.practice_setting_code.code == "394914008"
+        await wait_for(lambda: not [r for r in status_rows(source) if r["study_uid"] == ds.StudyInstanceUID],
+                       what=lambda: f"the study to leave the status list: {status_rows(source)}")
         assert await manifest_states(database_url, ds.StudyInstanceUID) == ["superseded", "published"]
         again = cli("retry", ds.StudyInstanceUID, "--database-url", database_url)
         assert again.returncode == 1  # published: nothing to retry
@@ -191,8 +194,8 @@ async def test_patient_merge_heals_a_refused_replacement(peers, new_imaging_data
         storescu(source.dicom_port, tmp_path / "second")
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
-            entries = await published_for(registry, new_nhs, ds.StudyInstanceUID)
             states = await manifest_states(database_url, ds.StudyInstanceUID)
+            entries = await published_for(registry, new_nhs, ds.StudyInstanceUID)  # after: registered by then
             if states[-1:] == ["published"] and len(states) >= 3:
                 break
             await asyncio.sleep(0.2)

@@ -427,7 +427,11 @@ async def test_rejection_note_before_the_instances(hospital, samples, tmp_path):
     storescu(source.dicom_port, tmp_path / "study")
     [entry] = await wait_for(lambda: published_for(registry, nhs, kept.StudyInstanceUID),
                              what=lambda: f"publication: {status_rows(source)}")
-    rows = await manifests(source.database_url, kept.StudyInstanceUID)
+    async def recorded():
+        rows = await manifests(source.database_url, kept.StudyInstanceUID)
+        return rows if rows[-1]["state"] == "published" else None
+
+    rows = await wait_for(recorded, what="the repository's answer recorded")
     assert [r["instance_count"] for r in rows if r["state"] == "published"] == [1]
     assert wado_status(source, rejected) == 404 and wado_status(source, kept) == 200
     assert entry.unique_id == rows[-1]["document_unique_id"]

@@ -152,4 +152,6 @@ async def test_readme_walk_through(hospital, samples, tmp_path, case):
     assert entry.patient_id == Identifiable(nhs, NHS_OID)
     assert entry.source_patient_id == Identifiable(hospital_number, HOSPA_OID)
     assert f"PID-3|{hospital_number}^^^&{HOSPA_OID}&ISO" in entry.source_patient_info
-    assert not [r for r in status_rows(source) if r["study_uid"] == ds.StudyInstanceUID]
+    # The registry lists it a moment before the source has the repository's answer: then nothing is left to do.
+    await wait_for(lambda: not [r for r in status_rows(source) if r["study_uid"] == ds.StudyInstanceUID],
+                   what=lambda: f"the study to leave the status list: {status_rows(source)}")
