@@ -9,6 +9,7 @@ PIX maps the patient to another id (a merge). A busy or unreachable peer (XDSReg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -52,11 +53,12 @@ async def manifest_states(url: str, study_uid: str) -> list[str]:
 
 @pytest.fixture
 def peers(registry_database_url, tmp_path):
-    registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
-    repository = start_repository_process(registry_database_url, registry.url, tmp_path / "repository")
-    yield registry, repository
-    repository.stop()
-    registry.stop()
+    with contextlib.ExitStack() as running:
+        registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
+        running.callback(registry.stop)
+        repository = start_repository_process(registry_database_url, registry.url, tmp_path / "repository")
+        running.callback(repository.stop)
+        yield registry, repository
 
 
 async def test_refused_manifest_needs_action_then_retry(peers, new_imaging_database, samples, tmp_path):
@@ -106,10 +108,12 @@ async def test_refused_manifest_needs_action_then_retry(peers, new_imaging_datab
 
 
 async def test_refused_metadata_is_published_again_by_retry(registry_database_url, new_imaging_database, samples,
-                                                            tmp_path):
+                                                            tmp_path, stops):
     registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID,
                                       "--code-list", str(ROOT / "docs/examples/codes.toml"))
+    stops.append(registry)
     repository = start_repository_process(registry_database_url, registry.url, tmp_path / "repository")
+    stops.append(repository)
     database_url = await asyncio.to_thread(new_imaging_database)
     nhs, hospital_number = new_numbers()
     await feed_patient(registry.mllp_port, f"{nhs}^^^NHS&{NHS_OID}&ISO~{hospital_number}^^^HOSPA&{HOSPA_OID}&ISO")
@@ -150,10 +154,11 @@ async def test_refused_metadata_is_published_again_by_retry(registry_database_ur
 
 
 async def test_unavailable_registry_is_retried_not_refused(new_imaging_database, registry_database_url, samples,
-                                                          tmp_path):
+                                                          tmp_path, stops):
     # The repository is up, its registry is not: XDSRegistryNotAvailable is transient.
     repository = start_repository_process(registry_database_url, f"http://127.0.0.1:{free_port()}/registry",
                                           tmp_path / "repository")
+    stops.append(repository)
     database_url = await asyncio.to_thread(new_imaging_database)
     source = start_imaging_source(database_url, tmp_path / "instances", "--repository-url", repository.url, *FAST)
     try:

@@ -5,6 +5,7 @@ empty has its manifest deprecated by ITI-57 Update Document Set (ITI TF-2b 3.57)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import urllib.error
 import urllib.request
@@ -145,18 +146,20 @@ class CapturingRegistry:
 @pytest.fixture(scope="module")
 def hospital(new_imaging_database, registry_database_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("iocm")
-    registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
-    repository = start_repository_process(registry_database_url, registry.url, tmp / "repository")
-    database_url = new_imaging_database()
-    source = start_imaging_source(
-        database_url, tmp / "instances", "--repository-url", repository.url, "--registry-url", registry.url,
-        "--pix-port", str(registry.mllp_port), "--affinity-domain-oid", NHS_OID, "--patient-id-issuer-oid",
-        HOSPA_OID, "--quiet-period", "1", "--tracker-interval", "0.2", "--retry-initial", "0.5", "--retry-max", "1")
-    source.database_url = database_url
-    yield registry, repository, source
-    source.stop()
-    repository.stop()
-    registry.stop()
+    with contextlib.ExitStack() as running:  # whatever started is stopped, even when a later start fails
+        registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
+        running.callback(registry.stop)
+        repository = start_repository_process(registry_database_url, registry.url, tmp / "repository")
+        running.callback(repository.stop)
+        database_url = new_imaging_database()
+        source = start_imaging_source(
+            database_url, tmp / "instances", "--repository-url", repository.url, "--registry-url", registry.url,
+            "--pix-port", str(registry.mllp_port), "--affinity-domain-oid", NHS_OID, "--patient-id-issuer-oid",
+            HOSPA_OID, "--quiet-period", "1", "--tracker-interval", "0.2", "--retry-initial", "0.5",
+            "--retry-max", "1")
+        running.callback(source.stop)
+        source.database_url = database_url
+        yield registry, repository, source
 
 
 async def manifests(url: str, study_uid: str) -> list[asyncpg.Record]:
@@ -236,12 +239,14 @@ async def test_rejected_instance_leaves_the_manifest_and_is_no_longer_served(hos
 
 @pytest.mark.parametrize("refusals", [0, 1])
 async def test_withdrawn_study_sends_iti57_deprecation(new_imaging_database, registry_database_url, samples,
-                                                       tmp_path, refusals):
+                                                       tmp_path, refusals, stops):
     """The sending side of ITI-57, seen by a capturing registry endpoint: every instance rejected (Data
     Retention Policy Expired), so the published manifest is to be set Deprecated. A refused deprecation
     needs action and is sent again by `xds-imaging-source retry`."""
     registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
+    stops.append(registry)
     repository = start_repository_process(registry_database_url, registry.url, tmp_path / "repository")
+    stops.append(repository)
     capture = CapturingRegistry(refusals)
     app = web.Application()
     app.router.add_post("/registry", capture.handle)
@@ -358,12 +363,15 @@ async def test_resent_instance_with_corrected_attributes_is_published_again(hosp
     assert "PID-5|Smith^Janet" in entry.source_patient_info
 
 
-async def test_study_moved_to_another_patient(new_imaging_database, registry_database_url, samples, tmp_path):
+async def test_study_moved_to_another_patient(new_imaging_database, registry_database_url, samples, tmp_path,
+                                             stops):
     """The hospital re-sends a study under another Patient ID: a new manifest for the new patient (an original:
     RPLC cannot change the patient), and the old patient's manifest is deprecated by ITI-57 (seen by a
     capturing registry endpoint, since this branch's registry has no ITI-57 yet)."""
     registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
+    stops.append(registry)
     repository = start_repository_process(registry_database_url, registry.url, tmp_path / "repository")
+    stops.append(repository)
     capture = CapturingRegistry()
     app = web.Application()
     app.router.add_post("/registry", capture.handle)

@@ -6,6 +6,7 @@ is registered and FindDocuments for the NHS number lists it, with sourcePatientI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -92,17 +93,18 @@ def storescu(port: int, folder: Path, ae_title: str = "XDSI_TEST") -> None:
 def hospital(new_imaging_database, registry_database_url, tmp_path_factory):
     """Registry (affinity domain: NHS numbers), hospital A's repository and imaging source, real processes."""
     tmp = tmp_path_factory.mktemp("readme")
-    registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
-    repository = start_repository_process(registry_database_url, registry.url, tmp / "repository")
-    source = start_imaging_source(
-        new_imaging_database(), tmp / "instances", "--repository-url", repository.url,
-        "--pix-port", str(registry.mllp_port), "--affinity-domain-oid", NHS_OID,
-        "--patient-id-issuer-oid", HOSPA_OID, "--quiet-period", "1", "--tracker-interval", "0.2",
-        "--retry-initial", "0.5", "--retry-max", "1")
-    yield registry, repository, source
-    source.stop()
-    repository.stop()
-    registry.stop()
+    with contextlib.ExitStack() as running:  # whatever started is stopped, even when a later start fails
+        registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID)
+        running.callback(registry.stop)
+        repository = start_repository_process(registry_database_url, registry.url, tmp / "repository")
+        running.callback(repository.stop)
+        source = start_imaging_source(
+            new_imaging_database(), tmp / "instances", "--repository-url", repository.url,
+            "--pix-port", str(registry.mllp_port), "--affinity-domain-oid", NHS_OID,
+            "--patient-id-issuer-oid", HOSPA_OID, "--quiet-period", "1", "--tracker-interval", "0.2",
+            "--retry-initial", "0.5", "--retry-max", "1")
+        running.callback(source.stop)
+        yield registry, repository, source
 
 
 def new_numbers() -> tuple[str, str]:
