@@ -42,10 +42,16 @@ def render_status_html(rows: list[dict]) -> str:
             "<th>last error</th><th>next attempt</th></tr>")
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v) if v is not None else '')}</td>" for v in (
-            r["study_uid"], r["affinity_patient_id"] or r["patient_id"], r["state"], r["instances"], r["attempts"],
+            r["study_uid"], r["affinity_patient_id"] or r["patient_id"],
+            "NEEDS ACTION (refused, not retried)" if r.get("needs_action") else r["state"],
+            r["instances"], r["attempts"],
             r["last_error"], r["next_attempt_at"])) + "</tr>"
         for r in rows)
     summary = "every received study is published" if not rows else f"{len(rows)} studies not (yet) transferred"
+    refused = sum(1 for r in rows if r.get("needs_action"))
+    if refused:
+        summary += (f"; {refused} refused and not retried: fix the cause, then send new instances or run "
+                    "xds-imaging-source retry STUDY_UID")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Imaging source publication status</title>"
             f"</head><body><h1>Publication status</h1><p>{summary}</p>"
             f"<table border='1'>{head}{body}</table></body></html>")

@@ -3,6 +3,7 @@
     xds-imaging-source [serve]        run the Storage SCP, RAD-69, WADO-URI/RS, publication
     xds-imaging-source import FOLDER  store and index every DICOM file under FOLDER
     xds-imaging-source status [--all] list studies not (yet) transferred: state, attempts, last error
+    xds-imaging-source retry STUDY_UID publish a refused study again once its cause is fixed
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from ihe.database import resolve_database_url
 from ihe.xua.policy import policy_problem
 from imaging_source.settings import OPTIONS, ImagingSourceSettings
 
-COMMANDS = ("serve", "import", "status")
+COMMANDS = ("serve", "import", "status", "retry")
 
 
 def _parser():
     parser = build_parser("imaging-source", "IHE XDS-I.b Imaging Document Source (DICOM in, RAD-68, RAD-69, "
                           "WADO-URI, WADO-RS)", OPTIONS)
     parser.add_argument("command", nargs="?", default="serve", choices=COMMANDS,
-                        help="serve (default), import FOLDER..., or status")
-    parser.add_argument("paths", nargs="*", type=Path, help="folders for import")
+                        help="serve (default), import FOLDER..., status, or retry STUDY_UID...")
+    parser.add_argument("paths", nargs="*", help="folders for import, Study Instance UIDs for retry")
     parser.add_argument("--all", action="store_true", help="status: list published studies too")
     return parser
 
@@ -67,8 +68,32 @@ async def _status(settings: ImagingSourceSettings, database_url: str, everything
         return 0
     print(f"{'study':<64} {'state':<16} {'inst':>5} {'tries':>5}  last error")
     for r in rows:
-        print(f"{r['study_uid']:<64} {r['state']:<16} {r['instances']:>5} {r['attempts']:>5}  {r['last_error'] or ''}")
+        state = "NEEDS ACTION" if r["needs_action"] else r["state"]
+        print(f"{r['study_uid']:<64} {state:<16} {r['instances']:>5} {r['attempts']:>5}  {r['last_error'] or ''}")
+    refused = sum(1 for r in rows if r["needs_action"])
+    if refused:
+        print(f"{refused} studies were refused and are not retried: fix the cause, then send new instances or run "
+              "`xds-imaging-source retry STUDY_UID`")
     return 0
+
+
+async def _retry(settings: ImagingSourceSettings, database_url: str, study_uids: list[str]) -> int:
+    from imaging_source.app import open_source
+    from imaging_source.store import retry_study
+
+    source = await open_source(settings, database_url)
+    unknown = 0
+    try:
+        async with source.pool.acquire() as conn:
+            for uid in study_uids:
+                if await retry_study(conn, uid):
+                    print(f"{uid}: will be published again")
+                else:
+                    print(f"{uid}: unknown, or not refused nor waiting: nothing to retry", file=sys.stderr)
+                    unknown += 1
+    finally:
+        await source.pool.close()
+    return 1 if unknown else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,13 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
-    if args.command == "import" and not args.paths:
-        print("xds-imaging-source import: name at least one folder", file=sys.stderr)
+    if args.command in ("import", "retry") and not args.paths:
+        print(f"xds-imaging-source {args.command}: name at least one "
+              f"{'folder' if args.command == 'import' else 'Study Instance UID'}", file=sys.stderr)
         return 2
     database_url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
     try:
         if args.command == "import":
-            return asyncio.run(_import(settings, database_url, args.paths))
+            return asyncio.run(_import(settings, database_url, [Path(p) for p in args.paths]))
+        if args.command == "retry":
+            return asyncio.run(_retry(settings, database_url, args.paths))
         if args.command == "status":
             return asyncio.run(_status(settings, database_url, args.all))
         from imaging_source.app import serve

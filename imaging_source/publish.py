@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from pydicom.dataset import Dataset
 
-from ihe.errors import STATUS_SUCCESS
+from ihe.errors import STATUS_SUCCESS, ErrorCode
 from ihe.metadata.model import (
     Association,
     AssociationType,
@@ -64,7 +64,49 @@ MODALITY_NAMES = {
 
 
 class PublishError(Exception):
-    """RAD-68 did not succeed; the message says why (network, SOAP fault or the repository's errors)."""
+    """RAD-68 did not succeed; the message says why (network, SOAP fault or the repository's errors).
+
+    ``permanent`` is True when sending the same submission again cannot succeed (the metadata was
+    refused): the study then waits for an operator instead of being retried.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# Error codes of a peer that is busy, down or broken inside: the same submission may succeed later.
+# Every other code is about the submission itself (metadata, patient id, ...) and will not heal by itself.
+TRANSIENT_CODES = frozenset({
+    ErrorCode.REGISTRY_BUSY, ErrorCode.REPOSITORY_BUSY, ErrorCode.REGISTRY_NOT_AVAILABLE,
+    ErrorCode.REGISTRY_OUT_OF_RESOURCES, ErrorCode.REPOSITORY_OUT_OF_RESOURCES,
+    ErrorCode.REGISTRY_ERROR, ErrorCode.REPOSITORY_ERROR,
+})
+
+
+def is_permanent_failure(codes: list[str]) -> bool:
+    """Whether a RegistryResponse Failure with these error codes cannot succeed when sent again.
+
+    A Failure without any error code says nothing about the submission: it is retried.
+    """
+    return bool(codes) and any(code not in TRANSIENT_CODES for code in codes)
+
+
+def is_permanent_fault(code: str, http_status: int) -> bool:
+    """A SOAP Fault blaming the sender (our message) is permanent; a Receiver fault or HTTP 5xx is not."""
+    return code == "Sender" and http_status < 500
+
+
+def xds_source_patient_id(local: Identifiable) -> Identifiable:
+    """The hospital number as XDS sourcePatientId: ``id^^^&OID&ISO``, CX.1 and CX.4 only.
+
+    ITI TF-3 4.2.3.2.23 (RAD TF-3 4.68.4.1.2.3.2) allow no namespace id beside the OID, so the
+    Issuer of Patient ID namespace (e.g. ``HOSPA``) is dropped; without an OID there is no valid id.
+    """
+    if not local.authority_oid:
+        raise PublishError(f"the hospital number {local.to_cx()} has no assigning authority OID: set "
+                           "patient-id-issuer-oid or send Issuer of Patient ID Qualifiers", permanent=True)
+    return Identifiable(local.id, local.authority_oid)
 
 
 def parse_code(value: str) -> Code:
@@ -187,7 +229,10 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
                         patient_id: Identifiable, source_patient_id: Identifiable, source_id: str,
                         codes: ManifestCodes, accession_issuer_oid: str | None = None,
                         now: datetime | None = None) -> SubmissionPackage:
-    """The XDS-I.b submission set for one manifest (and its RPLC association when it replaces one)."""
+    """The XDS-I.b submission set for one manifest (and its RPLC association when it replaces one).
+
+    ``source_patient_id`` is the hospital number as the images name it (namespace and/or OID).
+    """
     now = now or datetime.now(UTC)
     procedure = next(iter(header.get("ProcedureCodeSequence") or []), None)
     type_code = (_coded(procedure) if procedure is not None else None) or codes.default_type_code
@@ -217,8 +262,8 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
         hash=document.sha1,
         size=document.size,
         language_code=codes.language_code,
-        source_patient_id=source_patient_id,
-        source_patient_info=source_patient_info(header, source_patient_id),
+        source_patient_id=xds_source_patient_id(source_patient_id),
+        source_patient_info=source_patient_info(header, xds_source_patient_id(source_patient_id)),
         reference_ids=references,
     )
     submission_set = SubmissionSet(
@@ -240,7 +285,8 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
 
 
 async def send_manifest(client, repository_url: str, package: SubmissionPackage, kos: bytes) -> None:
-    """RAD-68 (ITI-41 with the KOS as application/dicom over MTOM); PublishError unless Success."""
+    """RAD-68 (ITI-41 with the KOS as application/dicom over MTOM); PublishError unless Success,
+    permanent when the repository or registry refused the submission itself."""
     from consumer.client.soap import SoapFaultError, TransportError
     from consumer.client.source import provide_and_register
 
@@ -250,7 +296,9 @@ async def send_manifest(client, repository_url: str, package: SubmissionPackage,
     except TransportError as exc:
         raise PublishError(str(exc)) from None
     except SoapFaultError as exc:
-        raise PublishError(f"SOAP Fault from the repository: {exc.fault.reason}") from None
+        raise PublishError(f"SOAP Fault ({exc.fault.code}) from the repository: {exc.fault.reason}",
+                           permanent=is_permanent_fault(exc.fault.code, exc.status)) from None
     if result.status != STATUS_SUCCESS:
         detail = "; ".join(f"{e.code}: {e.context}" for e in result.errors) or "no error list"
-        raise PublishError(f"the repository answered {result.status.rsplit(':', 1)[-1]}: {detail}")
+        raise PublishError(f"the repository answered {result.status.rsplit(':', 1)[-1]}: {detail}",
+                           permanent=is_permanent_failure([e.code for e in result.errors]))

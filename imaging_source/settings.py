@@ -28,6 +28,8 @@ OPTIONS: list[Option] = [
            "1.3.6.1.4.1.21367.2017.2.4.2"),
     Option("repository-url", "ITI-41 endpoint of the hospital's XDS.b repository that manifests are published to "
            "(RAD-68); when absent manifests are built but not published"),
+    Option("registry-url", "ITI-57 endpoint of the registry (Update Document Set), used to deprecate the manifest "
+           "of a study whose instances were all rejected (IOCM)"),
     Option("patient-id-issuer-oid", "assigning authority OID of the hospital number (DICOM Patient ID) when the "
            "instance has no Issuer of Patient ID"),
     Option("patient-id-issuer-namespace", "namespace id of the hospital number's assigning authority", None),
@@ -78,6 +80,7 @@ class ImagingSourceSettings:
     repository_unique_id: str = "1.3.6.1.4.1.21367.2017.2.4.1"
     source_id: str = "1.3.6.1.4.1.21367.2017.2.4.2"
     repository_url: str | None = None
+    registry_url: str | None = None
     patient_id_issuer_oid: str | None = None
     patient_id_issuer_namespace: str | None = None
     affinity_domain_oid: str | None = None

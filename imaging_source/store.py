@@ -14,7 +14,8 @@ import asyncpg
 if TYPE_CHECKING:
     from imaging_source.ingest import InstanceInfo
 
-TABLES = "imaging_manifest, imaging_instance, imaging_series, imaging_study"
+TABLES = ("imaging_manifest, imaging_instance, imaging_series, imaging_study, imaging_rejected_instance,"
+          " imaging_kos_examined")
 
 
 async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str, size: int) -> tuple[bool, str | None]:
@@ -63,12 +64,16 @@ INSTANCE_COLUMNS = (
     "i.sop_instance_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.transfer_syntax_uid, i.storage_key, i.size,"
     " i.instance_number, i.number_of_frames, s.modality"
 )
+# An instance rejected by IOCM is never served, not even in the moment before the tracker takes it out of
+# the index (e.g. when the PACS sends it again after its rejection).
+NOT_REJECTED = (" AND NOT EXISTS (SELECT 1 FROM imaging_rejected_instance r"
+                " WHERE r.sop_instance_uid = i.sop_instance_uid)")
 
 
 async def find_instance(conn: asyncpg.Connection, sop_instance_uid: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
-        " WHERE i.sop_instance_uid = $1",
+        " WHERE i.sop_instance_uid = $1" + NOT_REJECTED,
         sop_instance_uid,
     )
 
@@ -76,7 +81,7 @@ async def find_instance(conn: asyncpg.Connection, sop_instance_uid: str) -> asyn
 async def find_instances(conn: asyncpg.Connection, sop_instance_uids: list[str]) -> dict[str, asyncpg.Record]:
     rows = await conn.fetch(
         f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
-        " WHERE i.sop_instance_uid = ANY($1::text[])",
+        " WHERE i.sop_instance_uid = ANY($1::text[])" + NOT_REJECTED,
         sop_instance_uids,
     )
     return {r["sop_instance_uid"]: r for r in rows}
@@ -88,7 +93,7 @@ async def instances_of(conn: asyncpg.Connection, study_uid: str, series_uid: str
     return await conn.fetch(
         f"SELECT {INSTANCE_COLUMNS} FROM imaging_instance i JOIN imaging_series s USING (series_uid)"
         " WHERE i.study_uid = $1 AND ($2::text IS NULL OR i.series_uid = $2)"
-        " AND ($3::text IS NULL OR i.sop_instance_uid = $3)"
+        " AND ($3::text IS NULL OR i.sop_instance_uid = $3)" + NOT_REJECTED +
         " ORDER BY s.series_number NULLS LAST, i.series_uid, i.instance_number NULLS LAST, i.sop_instance_uid",
         study_uid, series_uid, sop_instance_uid,
     )
@@ -112,7 +117,7 @@ async def complete_studies(conn: asyncpg.Connection, quiet_seconds: float, limit
     return await conn.fetch(
         "SELECT * FROM imaging_study WHERE changed"
         " AND last_received_at <= clock_timestamp() - make_interval(secs => $1)"
-        " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp() OR needs_action)"
         " ORDER BY last_received_at LIMIT $2",
         quiet_seconds, limit,
     )
@@ -161,13 +166,15 @@ async def add_manifest(conn: asyncpg.Connection, *, study_uid: str, document_uni
     async with conn.transaction():
         taken = await conn.fetchval(
             "UPDATE imaging_study SET changed = false, state = 'publishing', attempts = 0, last_error = NULL,"
-            " next_attempt_at = NULL WHERE study_uid = $1 AND changed AND last_received_at = $2 RETURNING true",
+            " next_attempt_at = NULL, needs_action = false"
+            " WHERE study_uid = $1 AND changed AND last_received_at = $2 RETURNING true",
             study_uid, snapshot,
         )
         if not taken:
             return False
         await conn.execute(
-            "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state = 'pending'", study_uid
+            "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state IN ('pending', 'failed')",
+            study_uid
         )
         await conn.execute(
             "INSERT INTO imaging_manifest (document_unique_id, study_uid, entry_uuid, storage_key, size, hash,"
@@ -188,11 +195,17 @@ async def due_manifests(conn: asyncpg.Connection, limit: int = 10) -> list[async
 async def manifest_published(conn: asyncpg.Connection, document_unique_id: str) -> None:
     async with conn.transaction():
         study_uid = await conn.fetchval(
-            "UPDATE imaging_manifest SET state = 'published', published_at = clock_timestamp(), last_error = NULL,"
-            " attempts = attempts + 1 WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
+            "UPDATE imaging_manifest m SET state = 'published', published_at = clock_timestamp(), last_error = NULL,"
+            " attempts = attempts + 1, patient_cx = (SELECT affinity_patient_id FROM imaging_study s"
+            " WHERE s.study_uid = m.study_uid)"
+            " WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
             document_unique_id,
         )
         if study_uid:
+            await conn.execute(  # the registry deprecated the one it replaces (RPLC)
+                "UPDATE imaging_manifest SET state = 'replaced' WHERE state = 'published' AND entry_uuid ="
+                " (SELECT replaces_entry_uuid FROM imaging_manifest WHERE document_unique_id = $1)",
+                document_unique_id)
             await conn.execute(
                 "UPDATE imaging_study SET state = 'published' WHERE study_uid = $1 AND state = 'publishing'",
                 study_uid,
@@ -207,21 +220,78 @@ async def manifest_failed(conn: asyncpg.Connection, document_unique_id: str, err
     )
 
 
+async def manifest_refused(conn: asyncpg.Connection, document_unique_id: str, error: str,
+                           recheck_delay: float) -> None:
+    """The manifest was refused for good: not retried; its study needs action (the patient mapping is
+    looked at again after ``recheck_delay`` seconds, see Tracker.recheck)."""
+    async with conn.transaction():
+        study_uid = await conn.fetchval(
+            "UPDATE imaging_manifest SET state = 'failed', attempts = attempts + 1, last_error = $2"
+            " WHERE document_unique_id = $1 AND state = 'pending' RETURNING study_uid",
+            document_unique_id, error,
+        )
+        if study_uid:
+            await conn.execute(
+                "UPDATE imaging_study SET state = 'failed', needs_action = true, last_error = $2, attempts = 0,"
+                " next_attempt_at = clock_timestamp() + make_interval(secs => $3)"
+                " WHERE study_uid = $1 AND NOT changed",
+                study_uid, error, recheck_delay,
+            )
+
+
+async def retry_study(conn: asyncpg.Connection, study_uid: str) -> bool:
+    """Build and send the study's manifest again (its patient asked of PIX again): after an operator fixed
+    what made it fail. False when the study is unknown or has nothing to retry."""
+    async with conn.transaction():
+        retried = await conn.fetchval(
+            "UPDATE imaging_study SET changed = true, state = 'receiving', needs_action = false,"
+            " affinity_patient_id = NULL, attempts = 0, last_error = NULL, next_attempt_at = NULL"
+            " WHERE study_uid = $1 AND (needs_action OR state IN ('failed', 'waiting_patient')) RETURNING true",
+            study_uid,
+        )
+        if retried:
+            await conn.execute(
+                "UPDATE imaging_manifest SET state = 'superseded' WHERE study_uid = $1 AND state = 'failed'",
+                study_uid)
+            await conn.execute(  # a refused deprecation (ITI-57) is sent again too
+                "UPDATE imaging_manifest SET attempts = 0, next_attempt_at = clock_timestamp()"
+                " WHERE study_uid = $1 AND state = 'deprecating'", study_uid)
+    return bool(retried)
+
+
+async def due_rechecks(conn: asyncpg.Connection, limit: int = 10) -> list[asyncpg.Record]:
+    """Studies needing action whose patient mapping is due to be looked at again."""
+    return await conn.fetch(
+        "SELECT * FROM imaging_study WHERE needs_action AND NOT changed AND next_attempt_at <= clock_timestamp()"
+        " ORDER BY next_attempt_at LIMIT $1",
+        limit,
+    )
+
+
+async def postpone_recheck(conn: asyncpg.Connection, study_uid: str, delay: float) -> None:
+    await conn.execute(
+        "UPDATE imaging_study SET next_attempt_at = clock_timestamp() + make_interval(secs => $2)"
+        " WHERE study_uid = $1 AND needs_action",
+        study_uid, delay,
+    )
+
+
 async def publication_status(conn: asyncpg.Connection, *, problems_only: bool = True) -> list[dict]:
-    """Every study not (yet) transferred: waiting for its patient, or with a manifest still to be sent.
+    """Every study not (yet) transferred: waiting for its patient, with a manifest still to be sent, or
+    refused for good and needing an operator (``needs_action``, listed first).
 
     With ``problems_only`` false, published studies are listed too.
     """
     rows = await conn.fetch(
-        "SELECT s.study_uid, s.patient_id, s.patient_issuer_oid, s.affinity_patient_id, s.state,"
+        "SELECT s.study_uid, s.patient_id, s.patient_issuer_oid, s.affinity_patient_id, s.state, s.needs_action,"
         " s.last_received_at, s.changed,"
         " (SELECT count(*) FROM imaging_instance i WHERE i.study_uid = s.study_uid) AS instances,"
         " COALESCE(m.attempts, s.attempts) AS attempts, COALESCE(m.last_error, s.last_error) AS last_error,"
         " COALESCE(m.next_attempt_at, s.next_attempt_at) AS next_attempt_at, m.document_unique_id AS manifest_uid"
         " FROM imaging_study s LEFT JOIN LATERAL (SELECT * FROM imaging_manifest x WHERE x.study_uid = s.study_uid"
-        "   AND x.state = 'pending' ORDER BY x.created_at DESC LIMIT 1) m ON true"
-        " WHERE NOT $1 OR s.state <> 'published' OR s.changed"
-        " ORDER BY s.last_received_at",
+        "   AND x.state IN ('pending', 'deprecating') ORDER BY x.created_at DESC LIMIT 1) m ON true"
+        " WHERE NOT $1 OR s.state NOT IN ('published', 'withdrawn') OR s.changed OR m.document_unique_id IS NOT NULL"
+        " ORDER BY s.needs_action DESC, s.last_received_at",
         problems_only,
     )
     return [dict(r) for r in rows]

@@ -20,8 +20,9 @@ from pydicom.dataset import Dataset
 
 from ihe.hl7 import PixQueryError, pix_query
 from ihe.metadata.model import Identifiable
-from imaging_source import store
+from imaging_source import rejection, store
 from imaging_source.context import ImagingSource
+from imaging_source.corrections import Corrections
 from imaging_source.manifest import ReferencedInstance, RetrieveInfo, build_manifest, header_from_json
 from imaging_source.publish import ManifestCodes, ManifestDocument, PublishError, manifest_submission, parse_code
 from imaging_source.storage import StorageError, manifest_key
@@ -65,6 +66,7 @@ class Tracker:
         self.client = client
         self.codes = manifest_codes(source.settings)
         self.wakeup = asyncio.Event()
+        self.corrections = Corrections()
 
     async def run(self) -> None:
         while True:
@@ -78,7 +80,22 @@ class Tracker:
                 await asyncio.wait_for(self.wakeup.wait(), self.settings.tracker_interval)
             self.wakeup.clear()
 
+    def soap_client(self):
+        if self.client is None:
+            from consumer.client.soap import SoapClient
+
+            self.client = SoapClient(timeout=120)
+        return self.client
+
     async def run_once(self) -> None:
+        try:  # IOCM first, so that no manifest built in this pass lists a rejected instance
+            await rejection.process_rejections(self.source)
+        except Exception:
+            log.exception("IOCM rejection pass failed")
+        try:
+            await self.corrections.run(self.source)
+        except Exception:
+            log.exception("pass over instances sent again failed")
         async with self.source.pool.acquire() as conn:
             studies = await store.complete_studies(conn, self.settings.quiet_period)
         # One study or manifest that fails unexpectedly must neither block the others nor fail unseen:
@@ -95,12 +112,20 @@ class Tracker:
             manifests = await store.due_manifests(conn)
         for manifest in manifests:
             await self.publish(manifest)
+        async with self.source.pool.acquire() as conn:
+            withdrawn = await rejection.due_deprecations(conn)
+        for manifest in withdrawn:
+            await rejection.deprecate(self, manifest)
+        async with self.source.pool.acquire() as conn:
+            refused = await store.due_rechecks(conn)
+        for study in refused:
+            await self.recheck(study)
 
     # --- patient mapping -----------------------------------------------------------------------
 
     async def affinity_patient(self, study) -> str | None:
         """The affinity-domain patient id (CX) of a study, asking PIX when not known yet."""
-        if study["affinity_patient_id"]:
+        if study["affinity_patient_id"] and not study["needs_action"]:  # after a refusal: ask PIX again
             return study["affinity_patient_id"]
         local = local_patient(study)
         settings = self.settings
@@ -112,7 +137,7 @@ class Tracker:
                                                      "assigning authority OID (set patient-id-issuer-oid)",
                                                      self._delay(study["attempts"] + 1))
                     return None
-                cx = local.to_cx()
+                cx = Identifiable(local.id, local.authority_oid).to_cx()  # id^^^&OID&ISO, no namespace
                 await store.set_affinity_patient(conn, study["study_uid"], cx)
                 return cx
             if settings.pix_port is None:
@@ -146,6 +171,8 @@ class Tracker:
         async with self.source.pool.acquire() as conn:
             rows = await store.instances_of(conn, study_uid)
             previous = await store.latest_published_manifest(conn, study_uid)
+            if not rows and await rejection.withdraw_study(conn, study):  # IOCM: nothing of the study remains
+                return False
         header = study_header(study)
         refs = [ReferencedInstance(r["series_uid"], r["sop_class_uid"], r["sop_instance_uid"]) for r in rows]
         retrieve = RetrieveInfo(self.settings.ae_title, self.settings.repository_unique_id, self.settings.wado_rs_url)
@@ -177,6 +204,13 @@ class Tracker:
             if not isinstance(exc, PublishError | StorageError):
                 log.exception("manifest %s: unexpected failure", uid)
                 exc = PublishError(f"internal error: {type(exc).__name__}: {exc}")
+            if getattr(exc, "permanent", False):
+                async with self.source.pool.acquire() as conn:
+                    await store.manifest_refused(conn, uid, str(exc), self.settings.retry_max)
+                log.error("manifest %s of study %s refused, not retried: %s. Fix the cause, then send new "
+                          "instances or run `xds-imaging-source retry %s`", uid, manifest["study_uid"], exc,
+                          manifest["study_uid"])
+                return False
             delay = self._delay(manifest["attempts"] + 1)
             async with self.source.pool.acquire() as conn:
                 await store.manifest_failed(conn, uid, str(exc), delay)
@@ -187,6 +221,29 @@ class Tracker:
             await store.manifest_published(conn, uid)
         log.info("manifest %s of study %s published", uid, manifest["study_uid"])
         return True
+
+    async def recheck(self, study) -> bool:
+        """A refused study is retried by itself once PIX maps its patient to another affinity-domain id
+        (e.g. after a merge or a corrected feed); otherwise it is looked at again after retry-max."""
+        local = local_patient(study)
+        settings = self.settings
+        mapped: str | None = None
+        if settings.affinity_domain_oid and settings.pix_port is not None:
+            try:
+                ids = await pix_query(settings.pix_host, settings.pix_port, local, [settings.affinity_domain_oid])
+                found = [i for i in ids if i.authority_oid == settings.affinity_domain_oid]
+                if found:
+                    mapped = Identifiable(found[0].id, settings.affinity_domain_oid).to_cx()
+            except PixQueryError as exc:
+                log.info("study %s: PIX re-check failed: %s", study["study_uid"], exc)
+        async with self.source.pool.acquire() as conn:
+            if mapped and mapped != study["affinity_patient_id"]:
+                await store.retry_study(conn, study["study_uid"])
+                log.info("study %s: PIX now maps patient %s to %s: publishing again", study["study_uid"],
+                         local.to_cx(), mapped)
+                return True
+            await store.postpone_recheck(conn, study["study_uid"], settings.retry_max)
+        return False
 
     async def _send(self, manifest) -> None:
         from imaging_source.publish import send_manifest
@@ -208,8 +265,4 @@ class Tracker:
             codes=self.codes,
             accession_issuer_oid=self.settings.accession_issuer_oid,
         )
-        if self.client is None:
-            from consumer.client.soap import SoapClient
-
-            self.client = SoapClient(timeout=120)
-        await send_manifest(self.client, self.settings.repository_url, package, kos)
+        await send_manifest(self.soap_client(), self.settings.repository_url, package, kos)

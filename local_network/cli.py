@@ -90,6 +90,7 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
             "--database-url", database_url(server_url, f"{db}_imaging"),
             "--repository-unique-id", h.repository_unique_id,
             "--repository-url", f"http://{host}:{h.repository_port + o}/repository",
+            "--registry-url", registry_url,
             "--patient-id-issuer-oid", h.hospital_number_oid, "--affinity-domain-oid", NHS_NUMBER_OID,
             "--pix-host", host, "--pix-port", str(args.mllp_port + o)], f"{db}_imaging",
             (Listener("HTTP", h.imaging_port + o), Listener("DICOM", h.dicom_port + o, h.ae_title))))

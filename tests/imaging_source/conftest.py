@@ -119,6 +119,15 @@ async def imaging_pool(imaging_database_url: str):
     await pool.close()
 
 
+@pytest.fixture
+def stops() -> Iterator[list[RunningService]]:
+    """Services a test started, stopped at its end even when a later start or step fails."""
+    services: list[RunningService] = []
+    yield services
+    for service in reversed(services):
+        service.stop()
+
+
 def start_imaging_source(database_url: str, storage_dir: Path, *extra: str) -> RunningService:
     port, dicom_port = free_port(), free_port()
     proc = subprocess.Popen(
