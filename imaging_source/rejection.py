@@ -21,7 +21,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import pydicom
 from lxml import etree
@@ -40,6 +40,7 @@ from ihe.metadata.model import (
     SubmissionSet,
     datetime_to_dtm,
 )
+from ihe.namespaces import ACTION_ITI57
 from imaging_source.manifest import KOS_SOP_CLASS_UID, referenced_instances
 from imaging_source.publish import PublishError, is_permanent_failure, is_permanent_fault, new_oid
 
@@ -57,8 +58,6 @@ REJECTION_TITLES = {
     "113038": "Incorrect Modality Worklist Entry",
     "113039": "Data Retention Policy Expired",
 }
-ACTION_ITI57 = "urn:ihe:iti:2010:UpdateDocumentSet"
-UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +225,7 @@ def deprecation_request(entry_uuid: str, patient_id: Identifiable, *, source_id:
         content_type_code=content_type_code,
     )
     # The model's AssociationType does not list the ITI-57 types (yet); the writer takes the URN as is.
-    update = Association(entry_uuid=f"urn:uuid:{uuid.uuid4()}", type=cast(AssociationType, UPDATE_AVAILABILITY_STATUS),
+    update = Association(entry_uuid=f"urn:uuid:{uuid.uuid4()}", type=AssociationType.UPDATE_AVAILABILITY_STATUS,
                          source_uuid=submission_set.entry_uuid, target_uuid=entry_uuid,
                          original_status=v.STATUS_APPROVED, new_status=v.STATUS_DEPRECATED)
     return write_submit_objects_request(SubmissionPackage(submission_set, [], [], [update]))

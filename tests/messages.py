@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import random
 import re
 import time
 import uuid
@@ -733,3 +734,14 @@ def reference_schema(name: str):
         parser = etree.XMLParser(no_network=True, resolve_entities=False, load_dtd=False)
         _schemas[name] = etree.XMLSchema(etree.parse(str(path), parser))
     return _schemas[name]
+
+
+def valid_nhs_number() -> str:
+    """A random NHS number with a correct modulus 11 check digit (NHS Data Dictionary), written here
+    independently of ihe.nhs, for tests that feed patients through ITI-8 (which refuses wrong ones)."""
+    while True:
+        digits = [random.randint(1, 9)] + [random.randint(0, 9) for _ in range(8)]
+        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1), strict=True)) % 11
+        check = 0 if check == 11 else check
+        if check != 10:
+            return "".join(map(str, digits)) + str(check)

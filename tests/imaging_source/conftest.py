@@ -111,10 +111,16 @@ async def empty_tables(url: str) -> None:
 
 
 @pytest.fixture
-async def imaging_pool(imaging_database_url: str):
-    """An asyncpg pool on emptied imaging source tables."""
-    await empty_tables(imaging_database_url)
-    pool = await asyncpg.create_pool(imaging_database_url, min_size=1, max_size=4)
+async def fresh_imaging_database_url(new_imaging_database) -> str:
+    """A database of the test's own: what it writes (a rejected sample instance, a test constraint) never
+    reaches the session's shared imaging source, whose database other tests read."""
+    return await asyncio.to_thread(new_imaging_database)
+
+
+@pytest.fixture
+async def imaging_pool(fresh_imaging_database_url: str):
+    """An asyncpg pool on an imaging source database of the test's own."""
+    pool = await asyncpg.create_pool(fresh_imaging_database_url, min_size=1, max_size=4)
     yield pool
     await pool.close()
 

@@ -63,7 +63,8 @@ def staged(storage: FileStorage, path: Path) -> tuple[StoredInstance, object]:
     return StoredInstance(info, key, len(data), False), storage.stage(key, data)
 
 
-async def test_one_refused_instance_fails_alone_in_its_batch(imaging_pool, imaging_database_url, samples, tmp_path):
+async def test_one_refused_instance_fails_alone_in_its_batch(imaging_pool, fresh_imaging_database_url, samples,
+                                                          tmp_path):
     """Five instances in one batch; PostgreSQL refuses one (a CHECK constraint), the disk loses another's
     staged file: those two answer failure and leave neither row nor file, the other three are kept."""
     storage = FileStorage(tmp_path / "store")
@@ -73,7 +74,7 @@ async def test_one_refused_instance_fails_alone_in_its_batch(imaging_pool, imagi
     os.unlink(items[3][1].tmp)  # the staged bytes are gone before the flush: the rename fails
     writer = GroupCommitWriter(storage, imaging_pool, asyncio.get_running_loop())
     futures = [writer.submit(stored, stage) for stored, stage in items]  # all queued before the flusher runs
-    conn = await asyncpg.connect(imaging_database_url)
+    conn = await asyncpg.connect(fresh_imaging_database_url)
     await conn.execute(f"ALTER TABLE imaging_instance ADD CONSTRAINT test_refuse_one CHECK "
                        f"(sop_instance_uid <> '{refused_uid}')")
     try:

@@ -24,6 +24,7 @@ from ihe.hl7 import parse_message
 from ihe.metadata.model import Identifiable
 from tests.conftest import start_registry_process
 from tests.imaging_source.conftest import require_tool, start_imaging_source
+from tests.messages import valid_nhs_number
 from tests.repository.conftest import start_repository_process
 
 NHS_OID = "2.16.840.1.113883.2.1.4.1"
@@ -108,7 +109,7 @@ def hospital(new_imaging_database, registry_database_url, tmp_path_factory):
 
 
 def new_numbers() -> tuple[str, str]:
-    return f"9{uuid.uuid4().int % 10**9:09d}", f"A{uuid.uuid4().int % 10**7:07d}"
+    return valid_nhs_number(), f"A{uuid.uuid4().int % 10**7:07d}"
 
 
 async def published_for(registry, nhs: str, study_uid: str):

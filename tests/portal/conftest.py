@@ -3,7 +3,6 @@ provider (pytest-iam runs canaille in a thread of the test process)."""
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,20 +12,10 @@ import requests
 
 from tests.conftest import ROOT, RunningService, wait_for_port
 from tests.imaging_source.conftest import new_imaging_database  # noqa: F401 - a fixture the region needs
+from tests.messages import valid_nhs_number  # noqa: F401  (used by the portal tests)
 
 CLIENT_ID = "xds-portal-test"
 CLIENT_SECRET = "portal-test-secret"
-
-
-def valid_nhs_number() -> str:
-    """A random NHS number with a correct modulus 11 check digit."""
-    while True:
-        digits = [random.randint(0, 9) for _ in range(9)]
-        digits[0] = random.randint(1, 9)
-        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1), strict=True)) % 11
-        check = 0 if check == 11 else check
-        if check != 10:
-            return "".join(map(str, digits)) + str(check)
 
 
 def start_portal_process(database_url: str, port: int, log_path: Path, *extra: str) -> RunningService:
