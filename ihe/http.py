@@ -107,6 +107,7 @@ class SoapService:
                                              self.max_body_bytes)
         soap = parse_envelope(root)
         soap.attachments = attachments
+        request["soap"] = soap  # for the audit middleware (ihe.audit.middleware)
         return soap
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
 
 OPTIONS: list[Option] = [
@@ -53,6 +54,7 @@ OPTIONS: list[Option] = [
     Option("max-body-bytes", "largest SOAP request body accepted, in bytes", 10 * 1024 * 1024, int),
     Option("pool-size", "PostgreSQL connections per process", 10, int),
     Option("log-level", "logging level", "INFO"),
+    *AUDIT_OPTIONS,
 ]
 
 
@@ -90,6 +92,13 @@ class ImagingSourceSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     pool_size: int = 10
     log_level: str = "INFO"
+
+    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
+    audit_spool_dir: Path | None = None
+    audit_spool_max_bytes: int = 256 * 1024 * 1024
+    audit_ca_file: str | None = None
+    audit_source_id: str | None = None
+    audit_ack: str = "repository"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ImagingSourceSettings:

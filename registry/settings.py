@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
 
 OPTIONS: list[Option] = [
@@ -27,6 +28,7 @@ OPTIONS: list[Option] = [
     Option("pool-size", "PostgreSQL connections per process", 20, int),
     Option("workers", "HTTP worker processes sharing the port (the registry is stateless)", 1, int),
     Option("log-level", "logging level", "INFO"),
+    *AUDIT_OPTIONS,
 ]
 
 
@@ -46,6 +48,13 @@ class RegistrySettings:
     pool_size: int = 20
     workers: int = 1
     log_level: str = "INFO"
+
+    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
+    audit_spool_dir: Path | None = None
+    audit_spool_max_bytes: int = 256 * 1024 * 1024
+    audit_ca_file: str | None = None
+    audit_source_id: str | None = None
+    audit_ack: str = "repository"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RegistrySettings:

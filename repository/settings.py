@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
 
 GIB = 1024 * 1024 * 1024
@@ -34,6 +35,7 @@ OPTIONS: list[Option] = [
            "unknown", 30.0, float),
     Option("pool-size", "PostgreSQL connections per process", 10, int),
     Option("log-level", "logging level", "INFO"),
+    *AUDIT_OPTIONS,
 ]
 
 
@@ -54,6 +56,13 @@ class RepositorySettings:
     recovery_interval: float = 30.0
     pool_size: int = 10
     log_level: str = "INFO"
+
+    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
+    audit_spool_dir: Path | None = None
+    audit_spool_max_bytes: int = 256 * 1024 * 1024
+    audit_ca_file: str | None = None
+    audit_source_id: str | None = None
+    audit_ack: str = "repository"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RepositorySettings:
