@@ -31,6 +31,8 @@ from ihe.xml import XMLRejected, parse_xml
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 50 * 1024 * 1024
+# Where the parsed request is left for request-scoped layers (the audit middleware, ihe.audit).
+SOAP_REQUEST = web.RequestKey("soap", SoapRequest) if hasattr(web, "RequestKey") else "soap"
 
 
 @dataclass(slots=True)
@@ -107,7 +109,7 @@ class SoapService:
                                              self.max_body_bytes)
         soap = parse_envelope(root)
         soap.attachments = attachments
-        request["soap"] = soap  # for the audit middleware (ihe.audit.middleware)
+        request[SOAP_REQUEST] = soap
         return soap
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

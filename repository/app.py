@@ -22,7 +22,7 @@ from consumer.client.soap import SoapClient
 from ihe.audit.auditor import open_auditor
 from ihe.audit.middleware import audit_middlewares
 from ihe.database import create_pool
-from ihe.http import database_health, soap_response, unpack_soap_body
+from ihe.http import SOAP_REQUEST, database_health, soap_response, unpack_soap_body
 from ihe.mtom import (
     MTOMError,
     MTOMPackage,
@@ -154,7 +154,7 @@ class RepositoryEndpoint:
         answer: MTOMPackage | None = None
         try:
             soap, was_mtom = await self.read_request(request)
-            request["soap"] = soap  # for the audit middleware (ihe.audit.middleware)
+            request[SOAP_REQUEST] = soap  # for the audit middleware (ihe.audit.middleware)
             relates_to = soap.message_id
             if soap.action == ACTION_ITI41:
                 from repository.provide_and_register import provide_and_register

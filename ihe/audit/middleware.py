@@ -1,8 +1,8 @@
 """Audit in one place per service: an aiohttp middleware and hooks for MLLP and DICOM C-STORE.
 
-The middleware audits every SOAP transaction (the parsed request is left in ``request["soap"]``
-by :class:`ihe.http.SoapService` and the repository's endpoint) and every WADO-URI / WADO-RS
-retrieval, after the handler has answered and before the answer leaves (a response that was
+The middleware audits every SOAP transaction (the parsed request is left in
+``request[ihe.http.SOAP_REQUEST]`` by :class:`ihe.http.SoapService` and the repository's endpoint)
+and every WADO-URI / WADO-RS retrieval, after the handler has answered and before the answer leaves (a response that was
 streamed by the handler is audited right after). Handlers may add participant objects they
 alone know (e.g. the patient of a retrieved document) with :func:`add_participant_object`.
 When the audit spool is full, new requests are refused (SOAP Receiver fault / HTTP 503).
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 _EXTRA: contextvars.ContextVar[list[ParticipantObject] | None] = contextvars.ContextVar("audit_extra", default=None)
 MLLP_PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("mllp_peer", default=None)
+# A layer that knows the human user (XUA, the portal's session) sets ``request[AUDIT_USER]``.
+AUDIT_USER = web.RequestKey("audit_user", str) if hasattr(web, "RequestKey") else "audit_user"
 REFUSED = "the audit trail is unavailable (audit spool full): request refused, try again later"
 
 
@@ -92,8 +94,10 @@ def request_event(auditor: Auditor, request: web.Request, status: int, body: byt
                   extra: list[ParticipantObject]) -> Any:
     outcome = outcome_of(status, body)
     server_id = str(request.url.with_query(None))
-    user = request.get("audit_user")
-    soap = request.get("soap")
+    from ihe.http import SOAP_REQUEST
+
+    user = request.get(AUDIT_USER)
+    soap = request.get(SOAP_REQUEST)
     if soap is not None:
         return soap_event(soap.action, soap.body, source_id=auditor.source_id, requestor_id=soap.reply_to,
                           requestor_nap=request.remote, server_id=server_id, server_nap=request.url.host,
@@ -109,7 +113,11 @@ def audited_hl7(handler, auditor: Auditor | None, *, receiver: str, server_nap: 
     """Wrap an MLLP message handler (ITI-8 / ITI-9) so that each message is audited with its answer."""
     if auditor is None:
         return handler
-    from ihe.hl7 import APPLICATION_INTERNAL_ERROR, HL7Error, build_ack, get, message_type
+    from ihe.hl7 import APPLICATION_INTERNAL_ERROR, HL7Error, build_ack, get, message_type, raw
+
+    def first_cx(message, segment: str, field: int) -> str:
+        """The field's first repetition, whole (CX with its components), as sent."""
+        return raw(message, segment, field).split("~")[0].strip()
 
     async def audited(message):
         code, trigger = message_type(message)
@@ -123,12 +131,12 @@ def audited_hl7(handler, auditor: Auditor | None, *, receiver: str, server_nap: 
             for segment in answer.split("\r"):
                 if segment.startswith("MSA|"):
                     ack_code = segment.split("|")[1][:2]
-        patients = [p for p in (get(message, "PID.F3.R1"), get(message, "MRG.F1.R1")) if p]
+        patients = [p for p in (first_cx(message, "PID", 3), first_cx(message, "MRG", 1)) if p]
         query = None
         if code == "QBP":
             qpd = next((s for s in str(message).split("\r") if s.startswith("QPD|")), "")
             query = qpd.encode("utf-8")
-            patients = [p for p in (get(message, "QPD.F3.R1"),) if p]
+            patients = [p for p in (first_cx(message, "QPD", 3),) if p]
         event = hl7_event(message_code=code, trigger=trigger, control_id=get(message, "MSH.F10"), patients=patients,
                           query=query, sender="|".join(filter(None, (get(message, "MSH.F3"), get(message, "MSH.F4")))),
                           peer=MLLP_PEER.get(), receiver=receiver, server_nap=server_nap,
