@@ -63,19 +63,18 @@ def audit_middleware(auditor: Auditor):
             return _refusal(request)
         extra: list[ParticipantObject] = []
         token = _EXTRA.set(extra)
-        status, body, failure = 500, None, None
+        status, body = 500, None  # an exception other than an HTTP answer becomes a 500
         try:
             response = await handler(request)
             status = response.status
             body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
             return response
         except web.HTTPException as exc:
-            status, failure = exc.status, exc
+            status = exc.status
             raise
         finally:
             _EXTRA.reset(token)
             await _record(auditor, request, status, body, extra)
-            del failure
 
     return middleware
 

@@ -89,6 +89,9 @@ class Spool:
         self.pending_bytes = 0
         self._entries: deque[_Entry] = deque()
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one fsync at a time; it covers every record written before it
+        self._written = 0  # highest sequence number written to the current segment
+        self._synced = 0  # highest sequence number known to be on disk
         self._appended = threading.Condition(self._lock)
         self._lock_fh = None
         self._segment: Path | None = None
@@ -173,7 +176,11 @@ class Spool:
         return False
 
     def append(self, build) -> int:
-        """Append the record ``build(origin, seq)`` returns, durably; return its sequence number."""
+        """Append the record ``build(origin, seq)`` returns, durably; return its sequence number.
+
+        Group commit: threads appending at the same time share one fsync, so the cost of
+        durability is paid per burst, not per record. It returns only once the record is on disk.
+        """
         with self._lock:
             seq = self.next_seq
             payload = build(self.origin, seq)
@@ -183,16 +190,28 @@ class Spool:
             offset = self._fh.tell() + _HEAD.size
             self._fh.write(record)
             self._fh.flush()
-            if self.durable:
-                os.fsync(self._fh.fileno())
             self.next_seq = seq + 1
+            self._written = seq
             self._entries.append(_Entry(seq, self._segment, offset, len(payload)))
             self.pending_bytes += len(record)
             self._appended.notify_all()
-            return seq
+        if self.durable:
+            with self._sync_lock:
+                if self._synced < seq:
+                    with self._lock:
+                        target, fd = self._written, os.dup(self._fh.fileno())
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    self._synced = max(self._synced, target)
+        return seq
 
     def _roll(self, seq: int) -> None:
         if self._fh is not None:
+            if self.durable:
+                os.fsync(self._fh.fileno())  # the previous segment is complete on disk before a new one
+                self._synced = max(self._synced, self._written)
             self._fh.close()
         self._segment = self.folder / f"{seq:020d}.seg"
         self._fh = open(self._segment, "ab")  # noqa: SIM115 - closed at the next roll or close()

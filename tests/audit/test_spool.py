@@ -84,3 +84,20 @@ def test_each_process_gets_its_own_slot_and_a_restart_takes_it_over(tmp_path):
     assert c.origin == origin and len(c) == 1
     b.close()
     c.close()
+
+
+def test_concurrent_appends_share_fsyncs_and_all_survive_reopen(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    spool = Spool(tmp_path / "s", max_bytes=1 << 24, segment_bytes=4096)
+    spool.open()
+    with ThreadPoolExecutor(8) as pool:
+        seqs = list(pool.map(lambda i: spool.append(_record(f"r{i}")), range(800)))
+    assert sorted(seqs) == list(range(1, 801))
+    spool.close()
+    again = Spool(tmp_path / "s", max_bytes=1 << 24)
+    again.open()
+    pending = again.pending(1000)
+    assert [s for s, _ in pending] == list(range(1, 801))
+    assert sorted(int(p.split(b"/r")[1]) for _, p in pending) == list(range(800))
+    again.close()
