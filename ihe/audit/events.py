@@ -23,6 +23,8 @@ from ihe.audit.messages import (
     EV_INSTANCES_TRANSFERRED,
     EV_PATIENT_RECORD,
     EV_QUERY,
+    EV_SECURITY_ALERT,
+    EV_USER_AUTHENTICATION,
     ID_REPORT_NUMBER,
     ID_STUDY_INSTANCE_UID,
     ID_SUBMISSION_SET,
@@ -288,3 +290,30 @@ def _dedup(objects: list[ParticipantObject]) -> list[ParticipantObject]:
             seen.add(key)
             out.append(o)
     return out
+
+
+def user_authentication_event(*, login: bool, user: str, user_nap: str | None, node: str, node_nap: str | None,
+                              source_id: str, success: bool, reason: str | None = None) -> AuditEvent:
+    """Portal sign-in / sign-out (PS3.15 A.5.3.11 User Authentication, 110122 Login / 110123 Logout)."""
+    kind = Code("110122", "DCM", "Login") if login else Code("110123", "DCM", "Logout")
+    return AuditEvent(EV_USER_AUTHENTICATION, ACTION_EXECUTE, OUTCOME_SUCCESS if success else OUTCOME_MINOR,
+                      source_id, (Participant(user, True, None, user_nap), Participant(node, False, None, node_nap)),
+                      (), (kind,), outcome_description=reason)
+
+
+def security_alert_event(*, alert: Code, reason: str, requestor: str | None, requestor_nap: str | None, node: str,
+                         node_nap: str | None, source_id: str, serious: bool = False) -> AuditEvent:
+    """A security alert, e.g. a refused certificate or assertion (PS3.15 A.5.3.12 Security Alert).
+
+    ``alert`` is one of the DCM alert types, e.g. :data:`ALERT_NODE_AUTHENTICATION` or
+    :data:`ALERT_USE_OF_RESTRICTED_FUNCTION`; ``reason`` says what was refused and why.
+    """
+    return AuditEvent(EV_SECURITY_ALERT, ACTION_EXECUTE, OUTCOME_SERIOUS if serious else OUTCOME_MINOR, source_id,
+                      (Participant(requestor or requestor_nap or "unknown", True, None, requestor_nap),
+                       Participant(node, False, None, node_nap)),
+                      (), (alert,), outcome_description=reason)
+
+
+ALERT_NODE_AUTHENTICATION = Code("110126", "DCM", "Node Authentication")
+ALERT_USE_OF_RESTRICTED_FUNCTION = Code("110132", "DCM", "Use of Restricted Function")
+ALERT_SECURITY_CONFIGURATION = Code("110129", "DCM", "Security Configuration")

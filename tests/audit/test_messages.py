@@ -234,3 +234,19 @@ def test_octet_counting_frames_across_reads():
         FrameReader().feed(b"abc <85>1")
     with pytest.raises(SyslogError):
         FrameReader(max_frame=10).feed(b"11 ")
+
+
+def test_authentication_and_security_alert_events():
+    login = events.user_authentication_event(login=True, user="dr.jones", user_nap="10.0.0.5", node="portal",
+                                             node_nap="portal.example", source_id="portal", success=False,
+                                             reason="wrong password")
+    alert = events.security_alert_event(alert=events.ALERT_NODE_AUTHENTICATION, reason="certificate expired",
+                                        requestor=None, requestor_nap="10.0.0.6", node="registry", node_nap="r",
+                                        source_id="registry")
+    for event, event_id, type_code, outcome in [(login, "110114", "110122", "4"), (alert, "110113", "110126", "4")]:
+        root = build_audit_message(event)
+        check_structure(root)
+        assert root.find("EventIdentification/EventID").get("csd-code") == event_id
+        assert root.find("EventIdentification/EventTypeCode").get("csd-code") == type_code
+        assert root.find("EventIdentification").get("EventOutcomeIndicator") == outcome
+        assert root.find("EventIdentification/EventOutcomeDescription").text
