@@ -73,7 +73,7 @@ async def open_pool(database_url: str):
     return pool
 
 
-async def serve(settings: AuditSettings, database_url: str) -> None:
+async def serve(settings: AuditSettings, database_url: str) -> int:
     from ihe.audit.repository import AuditReceiver
 
     stop = asyncio.Event()
@@ -99,8 +99,9 @@ async def serve(settings: AuditSettings, database_url: str) -> None:
         if not (settings.tls_cert or settings.tcp_port or settings.udp_port):
             print("audit repository: nothing to listen on (give --tls-cert/--tls-key, --udp-port or --tcp-port)",
                   file=sys.stderr, flush=True)
-            return
+            return 2
         await stop.wait()
+        return 0
     finally:
         await receiver.close()
         await pool.close()
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                              since=args.since, until=args.until, limit=args.limit)
             return asyncio.run(search(database_url, f))
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, database_url))
+            return asyncio.run(serve(settings, database_url))
         return 0
     finally:
         del embedded
