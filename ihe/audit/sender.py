@@ -115,6 +115,7 @@ class Sender:
         while not self._stop.is_set():
             batch = self.spool.pending(BATCH)
             if not batch:
+                self.spool.persist_ack()
                 self.spool.wait(0.5)
                 continue
             try:

@@ -9,7 +9,10 @@ one process using the folder) and segment files ``<first seq>.seg`` of records::
 
 Each append is fsync'd before it returns, so a record the service has written is never lost to a
 crash or ``kill -9``; a torn record at the end of the last segment (crash mid-write) is cut off at
-the next open. Segments whose records are all acknowledged are deleted.
+the next open. Acknowledgements are written to ``acked`` at most every ``ACK_PERSIST_INTERVAL``
+seconds (after a crash the few acknowledged since are sent again, and the repository drops them
+as duplicates); a segment is deleted only once ``acked`` on disk covers all its records, so a
+sequence number is never used twice.
 
 When the spool holds ``max_bytes`` of unacknowledged records it is *full*: :meth:`has_room` is
 false and the services refuse new work (the promise is that every access is audited, so we stop
@@ -38,6 +41,7 @@ MAGIC = b"R"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
 MAX_SLOTS = 256
 ALARM_INTERVAL = 60.0
+ACK_PERSIST_INTERVAL = 0.5
 
 
 class SpoolFull(RuntimeError):
@@ -91,6 +95,10 @@ class Spool:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one fsync at a time; it covers every record written before it
         self._written = 0  # highest sequence number written to the current segment
+        self._ack_lock = threading.Lock()
+        self._persisted_ack = 0  # the acknowledged sequence number on disk
+        self._persisted_at = 0.0
+        self._segment_last: dict[Path, int] = {}  # highest sequence number in each segment
         self._synced = 0  # highest sequence number known to be on disk
         self._appended = threading.Condition(self._lock)
         self._lock_fh = None
@@ -131,6 +139,7 @@ class Spool:
         self.origin = origin_file.read_text("ascii").strip()
         acked_file = self.folder / "acked"
         self.acked = int(acked_file.read_text("ascii").strip() or 0) if acked_file.exists() else 0
+        self._persisted_ack = self.acked
         self.next_seq = self.acked + 1
         segments = sorted(self.folder.glob("*.seg"))
         for seg in segments:
@@ -153,6 +162,7 @@ class Spool:
                 self._entries.append(_Entry(seq, seg, start, length))
                 self.pending_bytes += _HEAD.size + length
             self.next_seq = max(self.next_seq, seq + 1)
+            self._segment_last[seg] = seq
             pos = end
         if pos < len(data):
             if not last:
@@ -162,6 +172,8 @@ class Spool:
             with open(seg, "r+b") as fh:
                 fh.truncate(pos)
                 os.fsync(fh.fileno())
+        if pos == 0:
+            seg.unlink()
 
     # -- writing -------------------------------------------------------------------------------
     def has_room(self) -> bool:
@@ -193,6 +205,7 @@ class Spool:
             self.next_seq = seq + 1
             self._written = seq
             self._entries.append(_Entry(seq, self._segment, offset, len(payload)))
+            self._segment_last[self._segment] = seq
             self.pending_bytes += len(record)
             self._appended.notify_all()
         if self.durable:
@@ -241,28 +254,44 @@ class Spool:
                 fh.close()
         return out
 
-    def ack(self, seq: int) -> None:
-        """Everything up to ``seq`` is stored at the repository: forget it."""
+    def ack(self, seq: int, *, persist: bool = False) -> None:
+        """Everything up to ``seq`` is stored at the repository: forget it (on disk now when ``persist``,
+        else within ``ACK_PERSIST_INTERVAL``)."""
         with self._lock:
-            if seq <= self.acked:
+            if seq > self.acked:
+                self.acked = seq
+                while self._entries and self._entries[0].seq <= seq:
+                    e = self._entries.popleft()
+                    self.pending_bytes -= _HEAD.size + e.length
+        if persist or time.monotonic() - self._persisted_at >= ACK_PERSIST_INTERVAL:
+            self.persist_ack()
+
+    def persist_ack(self) -> None:
+        """Write the acknowledged sequence number to disk, then delete the segments it covers."""
+        with self._ack_lock:
+            acked = self.acked
+            self._persisted_at = time.monotonic()
+            if acked <= self._persisted_ack:
                 return
-            _write_atomic(self.folder / "acked", str(seq).encode("ascii"))
-            self.acked = seq
-            while self._entries and self._entries[0].seq <= seq:
-                e = self._entries.popleft()
-                self.pending_bytes -= _HEAD.size + e.length
+            _write_atomic(self.folder / "acked", str(acked).encode("ascii"))
+            self._persisted_ack = acked
             self._drop_acked_segments()
 
     def _drop_acked_segments(self) -> None:
-        live = {e.segment for e in self._entries}
-        for seg in sorted(self.folder.glob("*.seg")):
-            if seg not in live and seg != self._segment:
-                seg.unlink(missing_ok=True)
+        with self._lock:
+            done = [seg for seg, last in self._segment_last.items()
+                    if last <= self._persisted_ack and seg != self._segment]
+            for seg in done:
+                del self._segment_last[seg]
+        for seg in done:
+            seg.unlink(missing_ok=True)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def close(self) -> None:
+        if self._lock_fh is not None:
+            self.persist_ack()
         with self._lock:
             if self._fh is not None:
                 self._fh.close()

@@ -101,3 +101,21 @@ def test_concurrent_appends_share_fsyncs_and_all_survive_reopen(tmp_path):
     assert [s for s, _ in pending] == list(range(1, 801))
     assert sorted(int(p.split(b"/r")[1]) for _, p in pending) == list(range(800))
     again.close()
+
+
+def test_acknowledgements_not_yet_on_disk_resend_but_never_reuse_a_sequence_number(tmp_path):
+    spool = Spool(tmp_path / "s", max_bytes=1 << 20, segment_bytes=64)
+    spool.open()
+    for i in range(10):
+        spool.append(_record(f"r{i}"))
+    spool.ack(2, persist=True)
+    spool.ack(9)  # within ACK_PERSIST_INTERVAL: in memory only
+    assert [s for s, _ in spool.pending(10)] == [10]
+    # a crash now: the lock goes with the process, nothing else is written
+    spool._lock_fh.close()
+    spool._lock_fh = None
+    again = Spool(tmp_path / "s", max_bytes=1 << 20)
+    again.open()
+    assert [s for s, _ in again.pending(20)] == list(range(3, 11))  # resent; the repository drops duplicates
+    assert again.append(_record("new")) == 11
+    again.close()
