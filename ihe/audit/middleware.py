@@ -197,8 +197,21 @@ class DicomAudit:
             log.exception("ALARM: the audit record of a C-STORE association could not be written")
 
     def bind(self, server: Any) -> None:
-        """Bind the release/abort handlers on a running pynetdicom server."""
+        """Bind the release/abort handlers on a running pynetdicom server, and put the full-spool
+        refusal in front of its C-STORE handler (Out of Resources, A700, while the spool is full)."""
         from pynetdicom import evt
 
         server.bind(evt.EVT_RELEASED, self._finish)
         server.bind(evt.EVT_ABORTED, self._finish)
+        current = server.get_handlers(evt.EVT_C_STORE)
+        if current and current[0] is not None:
+            store, args = current[0], list(current[1] or [])
+            auditor = self.auditor
+
+            def refuse_when_full(event: Any, *extra: Any) -> int:
+                if not auditor.accepting():
+                    log.error("C-STORE of %s refused: %s", event.request.AffectedSOPInstanceUID, REFUSED)
+                    return 0xA700
+                return store(event, *extra)
+
+            server.bind(evt.EVT_C_STORE, refuse_when_full, args or None)

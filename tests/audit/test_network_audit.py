@@ -169,3 +169,31 @@ async def test_a_full_spool_refuses_new_work(tmp_path, caplog):
         assert resp.status == 200
     assert any("ALARM" in r.message for r in caplog.records)
     auditor.close()
+
+
+def test_a_full_spool_refuses_c_store_and_wado_at_the_imaging_source(registry_database_url, tmp_path):
+    from tests.conftest import free_port
+
+    unreachable = free_port()  # nothing listens: records stay in the spool
+    imaging = start_imaging_source(registry_database_url, tmp_path / "instances", "--quiet-period", "3600",
+                                   "--audit-repository", f"tcp://127.0.0.1:{unreachable}", "--audit-spool-dir",
+                                   str(tmp_path / "spool"), "--audit-spool-max-bytes", "100")
+    try:
+        sample = get_testdata_file("CT_small.dcm")
+        study = str(pydicom.dcmread(sample).StudyInstanceUID)
+        assert send_with_pynetdicom(imaging.dicom_port, [sample]) == [0]
+        deadline = time.monotonic() + 20  # the association's record is written when it is released
+        while not list((tmp_path / "spool").rglob("*.seg")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert send_with_pynetdicom(imaging.dicom_port, [sample]) == [0xA700]
+
+        async def wado() -> tuple[int, str]:
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"{imaging.url}/dicomweb/studies/{study}/metadata") as resp:
+                return resp.status, await resp.text()
+
+        status, text = asyncio.run(wado())
+        assert status == 503 and "audit" in text
+    finally:
+        imaging.stop()
