@@ -43,6 +43,13 @@ def audit_middlewares(auditor: Auditor | None) -> list:
     return [] if auditor is None else [audit_middleware(auditor)]
 
 
+def _audited(request: web.Request) -> bool:
+    """Requests that carry a transaction: SOAP POSTs, WADO-URI and WADO-RS retrievals."""
+    if request.method == "POST":
+        return True
+    return "study" in request.match_info or "studyUID" in request.query
+
+
 def _refusal(request: web.Request) -> web.Response:
     if request.method == "POST":
         from ihe.http import soap_response
@@ -57,7 +64,7 @@ def audit_middleware(auditor: Auditor):
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if request.path == "/health":
+        if not _audited(request):  # health, status and WSDL pages: nothing to audit, always served
             return await handler(request)
         if not auditor.accepting():
             return _refusal(request)
