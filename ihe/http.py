@@ -32,6 +32,8 @@ from ihe.xua.web import enforce_soap
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 50 * 1024 * 1024
+# Where the parsed request is left for request-scoped layers (the audit middleware, ihe.audit).
+SOAP_REQUEST = web.RequestKey("soap", SoapRequest) if hasattr(web, "RequestKey") else "soap"
 
 
 @dataclass(slots=True)
@@ -108,6 +110,7 @@ class SoapService:
                                              self.max_body_bytes)
         soap = parse_envelope(root)
         soap.attachments = attachments
+        request[SOAP_REQUEST] = soap
         soap.identity = enforce_soap(request, root, soap.action)  # XUA, per the app's policy (ihe.xua.web.install)
         return soap
 

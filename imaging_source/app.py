@@ -10,6 +10,8 @@ from datetime import datetime
 
 from aiohttp import web
 
+from ihe.audit.auditor import open_auditor
+from ihe.audit.middleware import DicomAudit, audit_middlewares
 from ihe.database import create_pool
 from ihe.http import database_health
 from ihe.xua import load_policy
@@ -58,7 +60,8 @@ def render_status_html(rows: list[dict]) -> str:
 
 
 def build_app(source: ImagingSource) -> web.Application:
-    app = web.Application(client_max_size=source.settings.max_body_bytes)
+    app = web.Application(client_max_size=source.settings.max_body_bytes,
+                          middlewares=audit_middlewares(source.extras.get("auditor")))
     xua.install(app, load_policy(source.settings.xua, source.settings.xua_trust),
                 http_prefixes=(wado_uri.PATH, wado_rs.PREFIX))
     app.router.add_post(rad69.PATH, rad69.build_handler(source))
@@ -86,13 +89,18 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     from imaging_source.tracker import Tracker
 
     source = await open_source(settings, database_url)
+    auditor = source.extras["auditor"] = open_auditor(settings, "xds-imaging-source")
+    dicom_audit = DicomAudit(auditor, settings.ae_title, settings.dicom_host) if auditor is not None else None
     runner = web.AppRunner(build_app(source), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
     await site.start()
     tracker = Tracker(source)
     scp = start_storage_scp(source.storage, source.pool, asyncio.get_running_loop(), scp_config(settings),
-                            shared_port=settings.dicom_workers > 1)
+                            shared_port=settings.dicom_workers > 1,
+                            on_stored=dicom_audit.on_stored if dicom_audit is not None else None)
+    if dicom_audit is not None:
+        dicom_audit.bind(scp)  # C-STORE ingest: one audit record per association
     workers = start_workers(settings, database_url) if settings.dicom_workers > 1 else []
     task = asyncio.create_task(tracker.run())
     print(f"imaging source: HTTP (RAD-69 {rad69.PATH}, WADO-URI {wado_uri.PATH}, WADO-RS {wado_rs.PREFIX}, /status) "
@@ -111,3 +119,5 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
         if tracker.client is not None:
             await tracker.client.close()
         await source.pool.close()
+        if auditor is not None:
+            auditor.close()

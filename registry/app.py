@@ -15,6 +15,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from ihe.audit.auditor import open_auditor
+from ihe.audit.middleware import audit_middlewares
 from ihe.database import create_pool
 from ihe.http import SoapService, database_health
 from ihe.namespaces import ACTION_ITI18, ACTION_ITI42, ACTION_ITI57, ACTION_ITI62
@@ -36,6 +38,7 @@ class Registry:
     pool: asyncpg.Pool
     code_list: Any = None  # ihe.metadata.codes.CodeList when configured
     servers: list[Any] = field(default_factory=list)
+    auditor: Any = None  # ihe.audit.auditor.Auditor when --audit-repository is set
 
 
 async def open_registry(settings: RegistrySettings, database_url: str) -> Registry:
@@ -72,7 +75,8 @@ def build_app(registry: Registry) -> web.Application:
 
     service = SoapService({ACTION_ITI42: iti42, ACTION_ITI18: iti18, ACTION_ITI57: iti57, ACTION_ITI62: iti62},
                           max_body_bytes=registry.settings.max_body_bytes)
-    app = web.Application(client_max_size=registry.settings.max_body_bytes)
+    app = web.Application(client_max_size=registry.settings.max_body_bytes,
+                          middlewares=audit_middlewares(registry.auditor))
     xua.install(app, load_policy(registry.settings.xua, registry.settings.xua_trust))
     app.router.add_post(REGISTRY_PATH, service.handle)
     app.router.add_get(REGISTRY_PATH, _wsdl_or_info)
@@ -101,6 +105,7 @@ async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: boo
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     registry = await open_registry(settings, database_url)
+    registry.auditor = open_auditor(settings, "xds-registry")
     runner = web.AppRunner(build_app(registry), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
@@ -119,3 +124,5 @@ async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: boo
             mllp.close()
         await runner.cleanup()
         await registry.pool.close()
+        if registry.auditor is not None:
+            registry.auditor.close()

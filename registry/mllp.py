@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import hl7
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
+from ihe.audit.middleware import MLLP_PEER
 from ihe.hl7 import (
     APPLICATION_INTERNAL_ERROR,
     MAX_MESSAGE_BYTES,
@@ -53,6 +54,7 @@ async def answer(block: bytes, handler: Handler) -> str | None:
 
 async def _serve_connection(reader, writer, handler: Handler) -> None:
     peer = writer.get_extra_info("peername")
+    MLLP_PEER.set(peer[0] if peer else None)  # for the audit record of each message (ihe.audit)
     try:
         while True:
             try:

@@ -218,6 +218,7 @@ async def handle_feed(registry: Registry, message: hl7.Message) -> str:
 
 async def start_patient_feed(registry: Registry) -> asyncio.Server:
     """The MLLP listener on ``mllp_host:mllp_port``: ADT -> ITI-8, QBP^Q23 -> ITI-9."""
+    from ihe.audit.middleware import audited_hl7
     from registry.mllp import start_mllp_server
     from registry.pdq_query import handle_qbp
 
@@ -229,4 +230,5 @@ async def start_patient_feed(registry: Registry) -> asyncio.Server:
             return await handle_qbp(registry, message)  # ITI-9 PIX or ITI-21 PDQ
         return await handle_feed(registry, message)
 
+    route = audited_hl7(route, registry.auditor, receiver="xds-registry", server_nap=registry.settings.mllp_host)
     return await start_mllp_server(registry.settings.mllp_host, registry.settings.mllp_port, route)

@@ -19,8 +19,10 @@ import asyncpg
 from aiohttp import web
 
 from consumer.client.soap import SoapClient
+from ihe.audit.auditor import open_auditor
+from ihe.audit.middleware import audit_middlewares
 from ihe.database import create_pool
-from ihe.http import database_health, soap_response, unpack_soap_body
+from ihe.http import SOAP_REQUEST, database_health, soap_response, unpack_soap_body
 from ihe.mtom import (
     MTOMError,
     MTOMPackage,
@@ -71,6 +73,7 @@ class Repository:
     soap_client: SoapClient
     in_flight: set[uuid.UUID] = field(default_factory=set)  # journal entries this process is working on
     owner: Any = None  # the connection holding the repositoryUniqueId lock
+    auditor: Any = None  # ihe.audit.auditor.Auditor when --audit-repository is set
 
 
 class RepositoryInUse(RuntimeError):
@@ -155,6 +158,7 @@ class RepositoryEndpoint:
         answer: MTOMPackage | None = None
         try:
             soap, was_mtom = await self.read_request(request)
+            request[SOAP_REQUEST] = soap  # for the audit middleware (ihe.audit.middleware)
             relates_to = soap.message_id
             if soap.action == ACTION_ITI41:
                 from repository.provide_and_register import provide_and_register
@@ -219,7 +223,7 @@ def _fault(fault: SoapFault, relates_to: str | None, status: int | None = None) 
 
 
 def build_app(repo: Repository) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=audit_middlewares(repo.auditor))
     xua.install(app, load_policy(repo.settings.xua, repo.settings.xua_trust))
     app.router.add_post(REPOSITORY_PATH, RepositoryEndpoint(repo))
     app.router.add_get(REPOSITORY_PATH, _info(repo))
@@ -240,6 +244,7 @@ async def serve(settings: RepositorySettings, database_url: str, ready: asyncio.
     from repository.recovery import recovery_loop
 
     repo = await open_repository(settings, database_url)
+    repo.auditor = open_auditor(settings, "xds-repository")
     runner = web.AppRunner(build_app(repo), access_log=None, read_bufsize=READ_BUFSIZE)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -255,3 +260,5 @@ async def serve(settings: RepositorySettings, database_url: str, ready: asyncio.
         recovery.cancel()
         await runner.cleanup()
         await close_repository(repo)
+        if repo.auditor is not None:
+            repo.auditor.close()

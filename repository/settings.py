@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
 from ihe.xua.policy import xua_mode
 
@@ -39,6 +40,7 @@ OPTIONS: list[Option] = [
            "sent) or off (mutual TLS alone)", "off", xua_mode),
     Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
            None, Path),
+    *AUDIT_OPTIONS,
 ]
 
 
@@ -61,6 +63,13 @@ class RepositorySettings:
     log_level: str = "INFO"
     xua: str = "off"
     xua_trust: Path | None = None
+
+    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
+    audit_spool_dir: Path | None = None
+    audit_spool_max_bytes: int = 256 * 1024 * 1024
+    audit_ca_file: str | None = None
+    audit_source_id: str | None = None
+    audit_ack: str = "repository"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RepositorySettings:
