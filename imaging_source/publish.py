@@ -199,6 +199,9 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
         references.append(ReferenceId(f"{accession}^^^{authority}^{ACCESSION_TYPE}"))
     references.append(ReferenceId(f"{header.StudyInstanceUID}^^^^{STUDY_UID_TYPE}"))
     description = str(header.get("StudyDescription") or "").strip()
+    # sourcePatientId is id^^^&OID&ISO only (ITI TF-3 4.2.3.2.23); a namespace stays in sourcePatientInfo PID-3.
+    xds_source_id = (Identifiable(source_patient_id.id, source_patient_id.authority_oid)
+                     if source_patient_id.authority_oid else source_patient_id)
     entry = DocumentEntry(
         entry_uuid=document.entry_uuid,
         unique_id=document.document_unique_id,
@@ -217,7 +220,7 @@ def manifest_submission(header: Dataset, series: list[dict], document: ManifestD
         hash=document.sha1,
         size=document.size,
         language_code=codes.language_code,
-        source_patient_id=source_patient_id,
+        source_patient_id=xds_source_id,
         source_patient_info=source_patient_info(header, source_patient_id),
         reference_ids=references,
     )
