@@ -36,7 +36,7 @@ class OidcProvider:
         return [canaille_executable(), "run", "--bind", f"{host}:{port}"]
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "CONFIG": str(self.config_file)}
+        return {**os.environ, "CANAILLE_CONFIG": str(self.config_file)}
 
 
 def canaille_executable() -> str:
@@ -75,7 +75,7 @@ def config_text(*, secret_key: str, server_name: str, database_file: Path, jwk: 
 
 def _canaille(args: list[str], config_file: Path | None) -> str:
     """Run one canaille management command; its standard output, or RuntimeError with its error."""
-    env = {**os.environ, "CONFIG": str(config_file)} if config_file else dict(os.environ)
+    env = {**os.environ, "CANAILLE_CONFIG": str(config_file)} if config_file else dict(os.environ)
     done = subprocess.run([canaille_executable(), *args], env=env,
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
