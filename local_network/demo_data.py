@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import random
@@ -100,7 +101,7 @@ def make_plan(hospitals: list[DemoHospital]) -> dict:
 def reidentify(source: Dataset, *, patient: dict, hospital: DemoHospital, study: dict, series_index: int,
                instance_index: int) -> Dataset:
     """A copy of ``source`` belonging to the demo patient, with the plan's Study/Series/SOP Instance UIDs."""
-    ds = source.copy()
+    ds = copy.deepcopy(source)  # Dataset.copy() is shallow: the source's elements would change too
     ds.PatientName = f"{patient['family']}^{patient['given']}"
     ds.PatientID = patient["hospital_numbers"][hospital.name]
     ds.IssuerOfPatientID = hospital.namespace

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -33,21 +32,16 @@ class OidcProvider:
     demo_password: str
 
     def command(self, host: str, port: int) -> list[str]:
-        return [canaille_executable(), "run", "--bind", f"{host}:{port}"]
+        return [*canaille_command(), "run", "--bind", f"{host}:{port}"]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CANAILLE_CONFIG": str(self.config_file)}
 
 
-def canaille_executable() -> str:
-    """canaille's console script beside this interpreter (the venv), else on PATH."""
-    beside = Path(sys.executable).parent / "canaille"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("canaille")
-    if found is None:
-        raise RuntimeError("canaille is not installed: reinstall this package (pip install -e .)")
-    return found
+def canaille_command() -> list[str]:
+    """canaille's command line run by this interpreter (no console script or PATH needed)."""
+    return [sys.executable, "-c", "import sys; from canaille.commands import cli; sys.argv[0] = 'canaille'; "
+            "sys.exit(cli())"]
 
 
 def _toml_string(value: str) -> str:
@@ -76,7 +70,7 @@ def config_text(*, secret_key: str, server_name: str, database_file: Path, jwk: 
 def _canaille(args: list[str], config_file: Path | None) -> str:
     """Run one canaille management command; its standard output, or RuntimeError with its error."""
     env = {**os.environ, "CANAILLE_CONFIG": str(config_file)} if config_file else dict(os.environ)
-    done = subprocess.run([canaille_executable(), *args], env=env,
+    done = subprocess.run([*canaille_command(), *args], env=env,
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         error = (done.stderr.strip().splitlines() or ["no message"])[-1]
