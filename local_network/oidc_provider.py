@@ -21,6 +21,8 @@ DEMO_LOGIN = "demo"
 PORTAL_CLIENT_ID = "xds-portal"
 PORTAL_CALLBACK_PATH = "/auth/callback"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+# canaille puts only registered claims in tokens, so the demo user's role and organisation are groups.
+DEMO_GROUPS = ("clinician", "hospital-a")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +117,18 @@ def prepare(data_dir: Path, host: str, port: int, portal_url: str) -> OidcProvid
     if done.get("redirect_uri") != redirect_uri:
         _canaille(["install"], config_file)
         if not done.get("user"):
-            _canaille(["create", "user", "--user-name", DEMO_LOGIN, "--password", state["demo_password"],
-                       "--given-name", "Demo", "--family-name", "Clinician", "--emails", "demo@example.org",
-                       "--organization", "Hospital A", "--title", "clinician", "--quiet"], config_file)
-            done["user"] = True
+            user = json.loads(_canaille([
+                "create", "user", "--user-name", DEMO_LOGIN, "--password", state["demo_password"],
+                "--given-name", "Demo", "--family-name", "Clinician", "--emails", "demo@example.org",
+                "--organization", "Hospital A", "--title", "clinician"], config_file))
+            done["user"] = user["id"]
             _write_atomically(provisioned, json.dumps(done))
+        for group in DEMO_GROUPS:  # role and organisation reach the portal as the "groups" claim
+            if group not in done.get("groups", []):
+                _canaille(["create", "group", "--display-name", group, "--members", done["user"], "--quiet"],
+                          config_file)
+                done["groups"] = [*done.get("groups", []), group]
+                _write_atomically(provisioned, json.dumps(done))
         if done.get("client"):  # a new --port-offset moved the portal: only its redirect URI changes
             _canaille(["set", "client", PORTAL_CLIENT_ID, "--redirect-uris", redirect_uri, "--quiet"], config_file)
         else:
@@ -134,5 +143,6 @@ def prepare(data_dir: Path, host: str, port: int, portal_url: str) -> OidcProvid
     client_file = folder / "portal-client.json"
     _write_atomically(client_file, json.dumps({
         "issuer": issuer, "client_id": PORTAL_CLIENT_ID, "client_secret": state["client_secret"],
-        "redirect_uri": redirect_uri}, indent=2) + "\n")
+        "redirect_uri": redirect_uri, "scopes": ["openid", "profile", "email", "groups"],
+        "role_and_organisation_claim": "groups"}, indent=2) + "\n")
     return OidcProvider(issuer, config_file, client_file, DEMO_LOGIN, state["demo_password"])

@@ -161,7 +161,7 @@ def test_the_oidc_provider_signs_in_the_demo_user_by_the_authorization_code_flow
     browser = requests.Session()
     page = browser.get(discovery["authorization_endpoint"], timeout=10, params={
         "response_type": "code", "client_id": client["client_id"], "redirect_uri": client["redirect_uri"],
-        "scope": "openid profile email", "state": "s1", "nonce": "n1"})
+        "scope": "openid profile email groups", "state": "s1", "nonce": "n1"})
     for field, value in (("login", "demo"), ("password", password)):
         form = html.fromstring(page.text).forms[0]
         page = browser.post(urljoin(page.url, form.action or page.url), data={**dict(form.fields), field: value},
@@ -182,6 +182,7 @@ def test_the_oidc_provider_signs_in_the_demo_user_by_the_authorization_code_flow
     userinfo = requests.get(discovery["userinfo_endpoint"], timeout=10,
                             headers={"Authorization": f"Bearer {token.json()['access_token']}"}).json()
     assert userinfo["sub"] == "demo"
+    assert sorted(userinfo["groups"]) == ["clinician", "hospital-a"]  # role and organisation for the portal
     wrong = requests.post(discovery["token_endpoint"], timeout=10, auth=(client["client_id"], "wrong"),
                           data={"grant_type": "authorization_code", "code": query["code"][0],
                                 "redirect_uri": client["redirect_uri"]})
