@@ -135,6 +135,31 @@ def test_demo_reports_and_manifests_are_found_by_nhs_number_at_the_right_hospita
     network["documents"] = {nhs: len(entries) for nhs, entries in found.items()}
 
 
+def test_a_load_interrupted_after_sending_but_before_journaling_resumes_without_duplicates(network):
+    """The worst moment to stop: everything was sent but neither the journal nor the marker says so. The
+    resumed load sends the images again (the same bytes: no new manifest) and skips the registered reports."""
+    from local_network.cli import HOSPITALS as REGION
+    from local_network.demo_data import DemoHospital, load
+
+    network["output"].wait_for(READY, 300)
+    assert "documents" in network, "the demo data test must have passed first"
+    demo = network["data_dir"] / "demo"
+    (demo / "loaded.json").unlink()
+    (demo / "journal").write_text("")
+    o = network["offset"]
+    hospitals = [DemoHospital(h.name, h.namespace, h.hospital_number_oid,
+                              f"http://127.0.0.1:{h.repository_port + o}/repository", h.repository_unique_id,
+                              "127.0.0.1", h.dicom_port + o, h.ae_title) for h in REGION]
+    logged = []
+    assert asyncio.run(load(network["data_dir"], hospitals, network["registry"], ("127.0.0.1", 2575 + o),
+                            log=logged.append))
+    assert (demo / "loaded.json").exists() and logged
+    time.sleep(4)  # past the quiet period: a new manifest would be published now
+    plan = json.loads((demo / "plan.json").read_text())
+    found = documents_by_patient(network["registry"], plan["patients"])
+    assert {nhs: len(entries) for nhs, entries in found.items()} == network["documents"]
+
+
 def test_the_demo_pdf_report_is_a_real_pdf():
     from local_network.demo_data import pdf_report
 
