@@ -1,14 +1,17 @@
 """``xds-local``: the whole network on one machine, each service its own process.
 
 One PostgreSQL (embedded when no URL is given, data under ``--data-dir``) holds one database per
-service, as a small deployment would share a database server. Two hospitals are started, each
-with its own repository and imaging document source, around one regional registry.
+service, as a small deployment would share a database server. Three hospitals are started, each
+with its own repository and imaging document source, around one regional registry, with an
+embedded OpenID Connect provider (canaille) for the portal's sign-in. Once every listener
+answers, demo data are loaded once (local_network/demo_data.py) and the ready line is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ihe.database import resolve_database_url
+from local_network import oidc_provider
 from local_network.readiness import Listener, port_in_use, ready
 
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
@@ -29,6 +33,7 @@ NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
 @dataclass(frozen=True, slots=True)
 class Hospital:
     name: str
+    namespace: str  # namespace id of the hospital number's assigning authority (Issuer of Patient ID)
     repository_unique_id: str
     hospital_number_oid: str
     repository_port: int
@@ -38,8 +43,12 @@ class Hospital:
 
 
 HOSPITALS = (
-    Hospital("hospital-a", "1.3.6.1.4.1.21367.2026.1.1", "1.3.6.1.4.1.21367.2026.1.2", 8020, 8040, 11112, "HOSPA_XDSI"),
-    Hospital("hospital-b", "1.3.6.1.4.1.21367.2026.2.1", "1.3.6.1.4.1.21367.2026.2.2", 8021, 8041, 11113, "HOSPB_XDSI"),
+    Hospital("hospital-a", "HOSPA", "1.3.6.1.4.1.21367.2026.1.1", "1.3.6.1.4.1.21367.2026.1.2", 8020, 8040, 11112,
+             "HOSPA_XDSI"),
+    Hospital("hospital-b", "HOSPB", "1.3.6.1.4.1.21367.2026.2.1", "1.3.6.1.4.1.21367.2026.2.2", 8021, 8041, 11113,
+             "HOSPB_XDSI"),
+    Hospital("hospital-c", "HOSPC", "1.3.6.1.4.1.21367.2026.3.1", "1.3.6.1.4.1.21367.2026.3.2", 8022, 8042, 11114,
+             "HOSPC_XDSI"),
 )
 
 
@@ -62,8 +71,9 @@ async def ensure_databases(server_url: str, names: list[str]) -> None:
 class Service:
     name: str
     command: list[str]
-    database: str
+    database: str | None  # None: the service keeps no data in PostgreSQL
     listeners: tuple[Listener, ...]  # all must be ready before the network is
+    env: dict[str, str] | None = None
 
 
 def services(args: argparse.Namespace, server_url: str) -> list[Service]:
@@ -91,10 +101,65 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
             "--repository-unique-id", h.repository_unique_id,
             "--repository-url", f"http://{host}:{h.repository_port + o}/repository",
             "--registry-url", registry_url,
-            "--patient-id-issuer-oid", h.hospital_number_oid, "--affinity-domain-oid", NHS_NUMBER_OID,
-            "--pix-host", host, "--pix-port", str(args.mllp_port + o)], f"{db}_imaging",
+            "--patient-id-issuer-oid", h.hospital_number_oid, "--patient-id-issuer-namespace", h.namespace,
+            "--affinity-domain-oid", NHS_NUMBER_OID, "--pix-host", host, "--pix-port", str(args.mllp_port + o),
+            *(["--quiet-period", str(args.quiet_period)] if args.quiet_period is not None else [])], f"{db}_imaging",
             (Listener("HTTP", h.imaging_port + o), Listener("DICOM", h.dicom_port + o, h.ae_title))))
+    oidc_port = args.oidc_port + o
+    found.append(Service("OpenID Connect provider", [], None, (
+        Listener("HTTP", oidc_port, path=oidc_provider.DISCOVERY_PATH),)))
     return found
+
+
+def with_oidc(network: list[Service], provider: oidc_provider.OidcProvider, host: str) -> list[Service]:
+    """The network with the provider's command and environment filled in (known once it is prepared)."""
+    return [Service(s.name, provider.command(host, s.listeners[0].port), None, s.listeners, provider.env())
+            if s.name == "OpenID Connect provider" else s for s in network]
+
+
+@dataclass(frozen=True, slots=True)
+class PortalWiring:
+    """Everything the portal needs from the region, in one place."""
+
+    url: str  # where the portal listens, e.g. http://127.0.0.1:8090/
+    host: str
+    port: int
+    registry_url: str  # ITI-18
+    registry_mllp: tuple[str, int]  # ITI-9 PIX and ITI-21 PDQ
+    repositories: dict[str, str]  # repositoryUniqueId -> ITI-43 URL
+    imaging_sources: dict[str, str]  # hospital name -> imaging source web root (WADO-RS under /dicomweb)
+    oidc_issuer: str
+    oidc_client_file: Path  # JSON with issuer, client_id, client_secret, redirect_uri
+    database_url: str  # a database of its own on the region's PostgreSQL server
+    data_dir: Path
+
+
+def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_provider.OidcProvider) -> PortalWiring:
+    host, o = args.host, args.port_offset
+    return PortalWiring(
+        url=portal_url(args), host=host, port=args.portal_port + o,
+        registry_url=f"http://{host}:{args.registry_port + o}/registry", registry_mllp=(host, args.mllp_port + o),
+        repositories={h.repository_unique_id: f"http://{host}:{h.repository_port + o}/repository" for h in HOSPITALS},
+        imaging_sources={h.name: f"http://{host}:{h.imaging_port + o}" for h in HOSPITALS},
+        oidc_issuer=provider.issuer, oidc_client_file=provider.client_file,
+        database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal")
+
+
+def portal_service(wiring: PortalWiring) -> Service | None:
+    """THE PLACE FOR THE PORTAL CHILD PROCESS (`xds-portal`, consumer/portal/), added when it is merged.
+
+    Return a Service like the others, e.g. ``Service("portal", [sys.executable, "-m", "consumer.portal.cli",
+    "--host", wiring.host, "--port", str(wiring.port), "--database-url", wiring.database_url, ...registry,
+    repositories, imaging sources and OIDC options from ``wiring``...], database name of wiring.database_url,
+    (Listener("HTTP", wiring.port),))``; its database is then created and its listener awaited before ready.
+    Until then the region runs without a portal and the ready block says so.
+    """
+    return None
+
+
+def portal_url(args: argparse.Namespace) -> str:
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1"}.get(args.host, args.host)
+    return f"http://{host}:{args.portal_port + args.port_offset}/"
 
 
 def endpoints(args: argparse.Namespace) -> str:
@@ -109,8 +174,10 @@ def endpoints(args: argparse.Namespace) -> str:
             f"(repositoryUniqueId {h.repository_unique_id})",
             f"{'':<19} imaging        DICOM {h.ae_title}@{host}:{h.dicom_port + o}  RAD-69 {web}/rad69  "
             f"WADO-RS {web}/dicomweb  status {web}/status",
-            f"{'':<19} hospital numbers: assigning authority {h.hospital_number_oid}",
+            f"{'':<19} hospital numbers: {h.namespace} (assigning authority {h.hospital_number_oid})",
         ]
+    lines.append(f"{'OpenID Connect':<19} issuer         http://{host}:{args.oidc_port + o}  "
+                 f"(portal client: {args.data_dir / 'oidc' / 'portal-client.json'})")
     return "\n".join(lines)
 
 
@@ -137,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mllp-port", type=int, default=2575)
     parser.add_argument("--port-offset", type=int, default=0, help="added to every port (to run two networks)")
     parser.add_argument("--database-prefix", default="xds_", help="prefix of the per-service database names")
+    parser.add_argument("--oidc-port", type=int, default=8070, help="port of the embedded OpenID Connect provider")
+    parser.add_argument("--portal-port", type=int, default=8090)
+    parser.add_argument("--quiet-period", type=float, default=None,
+                        help="seconds without a new instance before an imaging source publishes a study's manifest "
+                             "(the imaging sources' default when absent)")
+    parser.add_argument("--no-demo-data", action="store_true", help="do not load the demo patients and studies")
     parser.add_argument("--ready-timeout", type=float, default=180.0,
                         help="seconds every service has to become ready before everything is stopped")
     args = parser.parse_args(argv)
@@ -157,19 +230,28 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
-    server_url, embedded = resolve_database_url(args.database_url, args.data_dir)
-    network = services(args, server_url)
     try:
-        asyncio.run(ensure_databases(server_url, [s.database for s in network]))
+        provider = oidc_provider.prepare(args.data_dir, args.host, args.oidc_port + args.port_offset, portal_url(args))
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"xds-local: cannot set up the OpenID Connect provider: {exc}", file=sys.stderr)
+        return 1
+    server_url, embedded = resolve_database_url(args.database_url, args.data_dir)
+    network = with_oidc(services(args, server_url), provider, args.host)
+    portal = portal_service(portal_wiring(args, server_url, provider))
+    if portal is not None:
+        network.append(portal)
+    try:
+        asyncio.run(ensure_databases(server_url, [s.database for s in network if s.database]))
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"xds-local: cannot create the service databases on {server_url}: {exc}", file=sys.stderr)
         return 1
     # Each child in its own process group: Ctrl-C reaches only us, and we stop them in order.
-    started = [(s, subprocess.Popen(s.command, process_group=0)) for s in network]
+    started = [(s, subprocess.Popen(s.command, process_group=0, env=s.env)) for s in network]
+    loader: list[subprocess.Popen] = []
     try:
-        status = supervise(args, server_url, started, lambda: stop)
+        status = supervise(args, server_url, started, lambda: stop, Region(provider, portal is not None, loader))
     finally:
-        for _, p in started:
+        for p in [*loader, *(p for _, p in started)]:
             if p.poll() is None:
                 p.terminate()
         for _, p in started:
@@ -184,14 +266,52 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def supervise(args: argparse.Namespace, server_url: str, started: list[tuple[Service, subprocess.Popen]],
-              stopping) -> int:
-    """Announce ready once every listener of every child answers; then watch until asked to stop.
+@dataclass(slots=True)
+class Region:
+    provider: oidc_provider.OidcProvider
+    has_portal: bool
+    loader: list[subprocess.Popen]  # the demo data loader, once started
 
-    Returns 0 when stopped on request, 1 when a service exited or did not become ready in time.
+
+def demo_loader(args: argparse.Namespace) -> subprocess.Popen:
+    """The demo data loader as a child (it resumes an interrupted load, and does nothing once loaded)."""
+    host, o = args.host, args.port_offset
+    spec = {"data_dir": str(args.data_dir), "registry_url": f"http://{host}:{args.registry_port + o}/registry",
+            "mllp": [host, args.mllp_port + o], "hospitals": [{
+                "name": h.name, "namespace": h.namespace, "hospital_number_oid": h.hospital_number_oid,
+                "repository_url": f"http://{host}:{h.repository_port + o}/repository",
+                "repository_unique_id": h.repository_unique_id, "dicom_host": host, "dicom_port": h.dicom_port + o,
+                "ae_title": h.ae_title} for h in HOSPITALS]}
+    return subprocess.Popen([sys.executable, "-m", "local_network.demo_data", json.dumps(spec)], process_group=0)
+
+
+def ready_block(args: argparse.Namespace, server_url: str, region: Region) -> str:
+    provider = region.provider
+    portal = (portal_url(args) if region.has_portal
+              else f"{portal_url(args)} (not started: xds-portal is not part of this build yet)")
+    lines = [f"\nxds-local: database server {server_url}", endpoints(args), "",
+             f"portal              {portal}",
+             f"demo login          {provider.demo_login} / {provider.demo_password}  (at {provider.issuer})"]
+    from local_network.demo_data import demo_patients
+
+    for patient in demo_patients(args.data_dir):
+        numbers = ", ".join(f"{k} {v}" for k, v in patient["hospital_numbers"].items())
+        lines.append(f"demo patient        NHS {patient['nhs_number']}  {patient['family']}^{patient['given']}  "
+                     f"{numbers}")
+    return "\n".join(lines) + "\n"
+
+
+def supervise(args: argparse.Namespace, server_url: str, started: list[tuple[Service, subprocess.Popen]],
+              stopping, region: Region) -> int:
+    """Announce ready once every listener of every child answers and the demo data are in; then watch
+    until asked to stop.
+
+    Returns 0 when stopped on request, 1 when a service exited, did not become ready in time, or the
+    demo data could not be loaded.
     """
     pending = [(s, p, listener) for s, p in started for listener in s.listeners]
     deadline = time.monotonic() + args.ready_timeout
+    announced = False
     while not stopping():
         for s, p in started:
             if p.poll() is not None:
@@ -201,16 +321,25 @@ def supervise(args: argparse.Namespace, server_url: str, started: list[tuple[Ser
                 return 1
         if pending:
             pending = [(s, p, li) for s, p, li in pending if not ready(p.pid, args.host, li)]
-            if not pending:
-                print(f"\nxds-local: database server {server_url}\n{endpoints(args)}\n", flush=True)
-                print("xds-local: ready (every HTTP, MLLP and DICOM listener answers); Ctrl-C stops everything.",
-                      flush=True)
-            elif time.monotonic() > deadline:
+            if not pending and not args.no_demo_data:
+                region.loader.append(demo_loader(args))
+            if pending and time.monotonic() > deadline:
                 s, _, li = pending[0]
                 print(f"xds-local: {s.name} {li.describe(args.host)} not ready after {args.ready_timeout:g} s; "
                       "stopping everything", file=sys.stderr, flush=True)
                 return 1
-        time.sleep(0.3 if pending else 0.5)
+        if not pending and not announced:
+            loading = region.loader[0] if region.loader else None
+            if loading is not None and loading.poll() is not None and loading.returncode != 0:
+                print("xds-local: the demo data could not be loaded (see above); stopping everything",
+                      file=sys.stderr, flush=True)
+                return 1
+            if loading is None or loading.returncode == 0:
+                print(ready_block(args, server_url, region), flush=True)
+                print("xds-local: ready (every HTTP, MLLP and DICOM listener answers); Ctrl-C stops everything.",
+                      flush=True)
+                announced = True
+        time.sleep(0.3 if pending or not announced else 0.5)
     return 0
 
 

@@ -3,7 +3,8 @@
 A port that merely accepts connections proves nothing: another copy of the network may hold it.
 So a listener counts as ready only when the child process we started (or one of its own
 children) is the one listening on the port, and it answers its protocol: HTTP ``/health`` with
-200 (which also checks the database), MLLP by accepting a connection, DICOM by a C-ECHO.
+200 (which also checks the database; for the OpenID Connect provider its discovery document),
+MLLP by accepting a connection, DICOM by a C-ECHO.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Listener:
     kind: str  # "HTTP", "MLLP" or "DICOM"
     port: int
     ae_title: str | None = None  # DICOM only
+    path: str = "/health"  # HTTP only: answered with 200 once the service works
 
     def describe(self, host: str) -> str:
         where = f"{self.ae_title}@{host}:{self.port}" if self.ae_title else f"{host}:{self.port}"
@@ -70,7 +72,7 @@ def answers(host: str, listener: Listener, timeout: float = 3.0) -> bool:
     if listener.kind == "HTTP":
         url_host = f"[{host}]" if ":" in host else host
         try:
-            with urllib.request.urlopen(f"http://{url_host}:{listener.port}/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(f"http://{url_host}:{listener.port}{listener.path}", timeout=timeout) as resp:
                 return resp.status == 200
         except (OSError, urllib.error.URLError):
             return False

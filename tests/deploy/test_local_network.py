@@ -1,9 +1,12 @@
-"""The README's run command starts every service: xds-local brings the network up and down.
+"""The README's run command starts a whole region: xds-local brings it up (three hospitals, the registry,
+an OpenID Connect provider), loads the demo data once, and brings it down.
 
-One network is started for the module; the tests run in order and the last one stops it.
+One network is started for the module; the tests run in order: a restart keeps the data and loads
+nothing twice, and the last test stops it.
 """
 
 import asyncio
+import io
 import json
 import random
 import shutil
@@ -11,16 +14,28 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
+from urllib.parse import parse_qs, urljoin, urlparse
 
 import psutil
 import pytest
+import requests
+from lxml import html
 
+from consumer.client.query import find_documents
+from consumer.client.soap import SoapClient
 from tests.conftest import ROOT
 from tests.deploy.helpers import Output, drop_databases
 
-HOSPITAL_DICOM = (("HOSPA_XDSI", 11112), ("HOSPB_XDSI", 11113))
+HOSPITALS = {  # name: (AE title, DICOM port, repositoryUniqueId)
+    "hospital-a": ("HOSPA_XDSI", 11112, "1.3.6.1.4.1.21367.2026.1.1"),
+    "hospital-b": ("HOSPB_XDSI", 11113, "1.3.6.1.4.1.21367.2026.2.1"),
+    "hospital-c": ("HOSPC_XDSI", 11114, "1.3.6.1.4.1.21367.2026.3.1"),
+}
+READY = "Ctrl-C stops everything"
+NHS_OID = "2.16.840.1.113883.2.1.4.1"
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -37,8 +52,17 @@ def echoscu(ae_title: str, port: int) -> subprocess.CompletedProcess:
 def xds_local(postgres_admin_url, data_dir, offset, prefix) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "local_network.cli", "--database-url", postgres_admin_url, "--data-dir",
-         str(data_dir), "--port-offset", str(offset), "--database-prefix", prefix],
+         str(data_dir), "--port-offset", str(offset), "--database-prefix", prefix, "--quiet-period", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def documents_by_patient(registry_url: str, patients: list[dict]) -> dict[str, list]:
+    """ITI-18 FindDocuments (Approved) for each demo patient's NHS number."""
+    async def run():
+        async with SoapClient(timeout=30) as client:
+            return {p["nhs_number"]: await find_documents(client, registry_url, f"{p['nhs_number']}^^^&{NHS_OID}&ISO")
+                    for p in patients}
+    return asyncio.run(run())
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +70,15 @@ def network(postgres_admin_url, tmp_path_factory):
     assert shutil.which("echoscu"), "dcmtk's echoscu is missing: install the packages in scripts/debian-packages.txt"
     prefix = f"xdslocal_{uuid.uuid4().hex[:8]}_"
     offset = 20000 + random.randrange(1000) * 10  # every port of the network moves by this much
-    proc = xds_local(postgres_admin_url, tmp_path_factory.mktemp("xds-local"), offset, prefix)
-    net = {"proc": proc, "output": Output(proc), "offset": offset, "prefix": prefix, "url": postgres_admin_url}
+    data_dir = tmp_path_factory.mktemp("xds-local")
+    proc = xds_local(postgres_admin_url, data_dir, offset, prefix)
+    net = {"proc": proc, "output": Output(proc), "offset": offset, "prefix": prefix, "url": postgres_admin_url,
+           "data_dir": data_dir, "registry": f"http://127.0.0.1:{8010 + offset}/registry"}
     yield net
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    for p in (net["proc"], proc):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     for child in net.get("children", []):
         if child.is_running():
             child.kill()
@@ -59,10 +86,11 @@ def network(postgres_admin_url, tmp_path_factory):
 
 
 def test_ready_is_announced_once_every_listener_answers(network):
-    """The moment "ready" is printed, DICOM C-ECHO (dcmtk), MLLP and every HTTP service already work."""
-    network["output"].wait_for("Ctrl-C stops everything", 180)
+    """The moment "ready" is printed, DICOM C-ECHO (dcmtk) at all three hospitals, MLLP, every HTTP service and
+    the OpenID Connect provider already work, and the block names the portal and the demo login."""
+    network["output"].wait_for(READY, 300)
     offset = network["offset"]
-    for ae_title, port in HOSPITAL_DICOM:
+    for ae_title, port, _ in HOSPITALS.values():
         echo = echoscu(ae_title, port + offset)
         assert echo.returncode == 0, f"C-ECHO to {ae_title} failed right after ready: {echo.stdout}{echo.stderr}"
     with socket.create_connection(("127.0.0.1", 2575 + offset), timeout=5):
@@ -70,17 +98,124 @@ def test_ready_is_announced_once_every_listener_answers(network):
     assert get(f"http://127.0.0.1:{8010 + offset}/health") == (200, b'{"status": "ok"}')
     status, body = get(f"http://127.0.0.1:{8010 + offset}/registry?wsdl")
     assert status == 200 and b"DocumentRegistry_Service" in body
-    for port in (8040 + offset, 8041 + offset):
+    for port in (8040 + offset, 8041 + offset, 8042 + offset):
         status, body = get(f"http://127.0.0.1:{port}/status?format=json")
-        assert status == 200 and json.loads(body) == []
-    for port in (8020 + offset, 8021 + offset):
+        assert status == 200 and isinstance(json.loads(body), list)
+    for port in (8020 + offset, 8021 + offset, 8022 + offset):
         assert get(f"http://127.0.0.1:{port}/repository")[0] == 200
-    ready = [line for line in network["output"].lines if line.startswith("xds-local: ready")]
-    assert len(ready) == 1, network["output"].lines
+    lines = network["output"].lines
+    assert len([line for line in lines if line.startswith("xds-local: ready")]) == 1, lines
+    assert any(line.startswith("portal ") and f":{8090 + offset}/" in line for line in lines), lines
+    assert any(line.startswith("demo login          demo / ") for line in lines), lines
+    assert any("demo data loaded: 4 patients, 8 studies" in line for line in lines), lines
+
+
+def test_demo_reports_and_manifests_are_found_by_nhs_number_at_the_right_hospitals(network):
+    network["output"].wait_for(READY, 300)
+    plan = json.loads((network["data_dir"] / "demo" / "plan.json").read_text())
+    assert len(plan["patients"]) == 4
+    for patient in plan["patients"]:
+        assert len(set(patient["hospital_numbers"].values())) == 3, "a different hospital number per hospital"
+    expected = {}  # NHS number -> sorted (mime type, repositoryUniqueId) of every document it must have
+    for study in plan["studies"]:
+        nhs = plan["patients"][study["patient"]]["nhs_number"]
+        repo = HOSPITALS[study["hospital"]][2]
+        expected.setdefault(nhs, []).extend([("application/pdf", repo), ("text/plain", repo),
+                                             ("application/dicom", repo)])
+    deadline = time.monotonic() + 120  # the manifests come after the imaging sources' quiet period
+    while True:
+        found = documents_by_patient(network["registry"], plan["patients"])
+        got = {nhs: sorted((e.mime_type, e.repository_unique_id) for e in entries) for nhs, entries in found.items()}
+        if got == {nhs: sorted(v) for nhs, v in expected.items()} or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert got == {nhs: sorted(v) for nhs, v in expected.items()}
+    reports = {e.unique_id for entries in found.values() for e in entries if e.mime_type != "application/dicom"}
+    assert reports == {u for s in plan["studies"] for u in s["reports"].values()}
+    network["documents"] = {nhs: len(entries) for nhs, entries in found.items()}
+
+
+def test_a_load_interrupted_after_sending_but_before_journaling_resumes_without_duplicates(network):
+    """The worst moment to stop: everything was sent but neither the journal nor the marker says so. The
+    resumed load sends the images again (the same bytes: no new manifest) and skips the registered reports."""
+    from local_network.cli import HOSPITALS as REGION
+    from local_network.demo_data import DemoHospital, load
+
+    network["output"].wait_for(READY, 300)
+    assert "documents" in network, "the demo data test must have passed first"
+    demo = network["data_dir"] / "demo"
+    (demo / "loaded.json").unlink()
+    (demo / "journal").write_text("")
+    o = network["offset"]
+    hospitals = [DemoHospital(h.name, h.namespace, h.hospital_number_oid,
+                              f"http://127.0.0.1:{h.repository_port + o}/repository", h.repository_unique_id,
+                              "127.0.0.1", h.dicom_port + o, h.ae_title) for h in REGION]
+    logged = []
+    assert asyncio.run(load(network["data_dir"], hospitals, network["registry"], ("127.0.0.1", 2575 + o),
+                            log=logged.append))
+    assert (demo / "loaded.json").exists() and logged
+    time.sleep(4)  # past the quiet period: a new manifest would be published now
+    plan = json.loads((demo / "plan.json").read_text())
+    found = documents_by_patient(network["registry"], plan["patients"])
+    assert {nhs: len(entries) for nhs, entries in found.items()} == network["documents"]
+
+
+def test_the_demo_pdf_report_is_a_real_pdf():
+    from local_network.demo_data import pdf_report
+
+    pdf = pdf_report(["Findings: (none)", "Conclusion: normal"])
+    assert pdf.startswith(b"%PDF-1.4") and pdf.rstrip().endswith(b"%%EOF")
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(pdf), strict=True)  # strict: a wrong xref offset or length is an error
+    assert len(reader.pages) == 1
+    text = reader.pages[0].extract_text()
+    assert "Findings: (none)" in text and "Conclusion: normal" in text
+
+
+def test_the_oidc_provider_signs_in_the_demo_user_by_the_authorization_code_flow(network):
+    """Discovery, then a real browser-like sign-in at canaille (login, password, consent), then the portal's
+    client exchanges the code for tokens with its secret and reads the user's claims."""
+    network["output"].wait_for(READY, 300)
+    password = next(line for line in network["output"].lines if line.startswith("demo login")).split()[4]
+    client = json.loads((network["data_dir"] / "oidc" / "portal-client.json").read_text())
+    issuer = f"http://127.0.0.1:{8070 + network['offset']}"
+    assert client["issuer"] == issuer
+    discovery = requests.get(issuer + "/.well-known/openid-configuration", timeout=10).json()
+    assert discovery["issuer"] == issuer and "authorization_code" in discovery["grant_types_supported"]
+    browser = requests.Session()
+    page = browser.get(discovery["authorization_endpoint"], timeout=10, params={
+        "response_type": "code", "client_id": client["client_id"], "redirect_uri": client["redirect_uri"],
+        "scope": "openid profile email groups", "state": "s1", "nonce": "n1"})
+    for field, value in (("login", "demo"), ("password", password)):
+        form = html.fromstring(page.text).forms[0]
+        page = browser.post(urljoin(page.url, form.action or page.url), data={**dict(form.fields), field: value},
+                            timeout=10)
+    form = html.fromstring(page.text).forms[0]  # consent
+    answer = browser.post(urljoin(page.url, form.action), data={**dict(form.fields), "answer": "accept"},
+                          allow_redirects=False, timeout=10)
+    assert answer.status_code == 302, answer.text[:500]
+    location = answer.headers["location"]
+    assert location.startswith(client["redirect_uri"])
+    query = parse_qs(urlparse(location).query)
+    assert query["state"] == ["s1"]
+    token = requests.post(discovery["token_endpoint"], timeout=10, auth=(client["client_id"], client["client_secret"]),
+                          data={"grant_type": "authorization_code", "code": query["code"][0],
+                                "redirect_uri": client["redirect_uri"]})
+    assert token.status_code == 200, token.text
+    assert token.json()["id_token"]
+    userinfo = requests.get(discovery["userinfo_endpoint"], timeout=10,
+                            headers={"Authorization": f"Bearer {token.json()['access_token']}"}).json()
+    assert userinfo["sub"] == "demo"
+    assert sorted(userinfo["groups"]) == ["clinician", "hospital-a"]  # role and organisation for the portal
+    wrong = requests.post(discovery["token_endpoint"], timeout=10, auth=(client["client_id"], "wrong"),
+                          data={"grant_type": "authorization_code", "code": query["code"][0],
+                                "redirect_uri": client["redirect_uri"]})
+    assert wrong.status_code in (400, 401)
 
 
 def test_a_second_copy_on_the_same_ports_says_so_in_one_line(network, tmp_path):
-    network["output"].wait_for("Ctrl-C stops everything", 180)
+    network["output"].wait_for(READY, 300)
     second = xds_local(network["url"], tmp_path, network["offset"], network["prefix"])
     try:
         out, _ = second.communicate(timeout=60)
@@ -96,16 +231,36 @@ def test_a_second_copy_on_the_same_ports_says_so_in_one_line(network, tmp_path):
     assert get(f"http://127.0.0.1:{8010 + network['offset']}/health")[0] == 200
 
 
-def test_ctrl_c_stops_every_service_and_says_stopped(network):
-    network["output"].wait_for("Ctrl-C stops everything", 180)
+def stop(network) -> list[str]:
     proc = network["proc"]
     network["children"] = children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) >= 5, "registry, two repositories and two imaging sources"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
     lines = network["output"].rest()
+    psutil.wait_procs(children, timeout=10)
+    return lines
+
+
+def test_a_restart_keeps_the_data_and_loads_nothing_twice(network):
+    network["output"].wait_for(READY, 300)
+    assert "documents" in network, "the demo data test must have passed first"
+    stop(network)
+    proc = xds_local(network["url"], network["data_dir"], network["offset"], network["prefix"])
+    network["proc"], network["output"] = proc, Output(proc)
+    network["output"].wait_for(READY, 300)
+    assert any("demo data already loaded" in line for line in network["output"].lines), network["output"].lines
+    plan = json.loads((network["data_dir"] / "demo" / "plan.json").read_text())
+    time.sleep(3)  # longer than the quiet period: a republished manifest would show now
+    found = documents_by_patient(network["registry"], plan["patients"])
+    assert {nhs: len(entries) for nhs, entries in found.items()} == network["documents"]
+
+
+def test_ctrl_c_stops_every_service_and_says_stopped(network):
+    network["output"].wait_for(READY, 300)
+    children = psutil.Process(network["proc"].pid).children(recursive=True)
+    assert len(children) >= 8, "registry, three repositories, three imaging sources, the OpenID Connect provider"
+    lines = stop(network)
     assert lines[-1] == "xds-local: stopped", lines[-5:]
     assert sum(line.startswith("xds-local: stopped") for line in lines) == 1
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
-    psutil.wait_procs(children, timeout=10)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
