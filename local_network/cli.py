@@ -145,16 +145,22 @@ def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_prov
         database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal")
 
 
-def portal_service(wiring: PortalWiring) -> Service | None:
-    """THE PLACE FOR THE PORTAL CHILD PROCESS (`xds-portal`, consumer/portal/), added when it is merged.
-
-    Return a Service like the others, e.g. ``Service("portal", [sys.executable, "-m", "consumer.portal.cli",
-    "--host", wiring.host, "--port", str(wiring.port), "--database-url", wiring.database_url, ...registry,
-    repositories, imaging sources and OIDC options from ``wiring``...], database name of wiring.database_url,
-    (Listener("HTTP", wiring.port),))``; its database is then created and its listener awaited before ready.
-    Until then the region runs without a portal and the ready block says so.
-    """
-    return None
+def portal_service(wiring: PortalWiring) -> Service:
+    """The clinicians' portal (`xds-portal`) over the region's registry and hospitals, signing in at the
+    embedded OpenID Connect provider (role and organisation come as its "groups" claim)."""
+    client = json.loads(wiring.oidc_client_file.read_text(encoding="utf-8"))
+    hospitals = ";".join(f"{h.name}|{h.repository_unique_id}|{wiring.repositories[h.repository_unique_id]}|"
+                         f"{h.hospital_number_oid}" for h in HOSPITALS)
+    return Service("portal", [
+        sys.executable, "-m", "consumer.portal.cli", "--host", wiring.host, "--port", str(wiring.port),
+        "--public-url", wiring.url.rstrip("/"), "--database-url", wiring.database_url,
+        "--registries", f"region|{wiring.registry_url}", "--hospitals", hospitals,
+        "--affinity-domain-oid", NHS_NUMBER_OID,
+        "--registry-mllp", f"{wiring.registry_mllp[0]}:{wiring.registry_mllp[1]}",
+        "--oidc-issuer", wiring.oidc_issuer, "--oidc-client-id", client["client_id"],
+        "--oidc-client-secret", client["client_secret"], "--oidc-redirect-url", client["redirect_uri"],
+        "--oidc-role-claim", "groups", "--oidc-organisation-claim", "groups:org-",
+    ], wiring.database_url.rsplit("/", 1)[-1], (Listener("HTTP", wiring.port, path="/health"),))
 
 
 def portal_url(args: argparse.Namespace) -> str:
@@ -237,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     server_url, embedded = resolve_database_url(args.database_url, args.data_dir)
     network = with_oidc(services(args, server_url), provider, args.host)
-    portal = portal_service(portal_wiring(args, server_url, provider))
-    if portal is not None:
-        network.append(portal)
+    network.append(portal_service(portal_wiring(args, server_url, provider)))
     try:
         asyncio.run(ensure_databases(server_url, [s.database for s in network if s.database]))
     except (OSError, asyncpg.PostgresError) as exc:
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     started = [(s, subprocess.Popen(s.command, process_group=0, env=s.env)) for s in network]
     loader: list[subprocess.Popen] = []
     try:
-        status = supervise(args, server_url, started, lambda: stop, Region(provider, portal is not None, loader))
+        status = supervise(args, server_url, started, lambda: stop, Region(provider, loader))
     finally:
         for p in [*loader, *(p for _, p in started)]:
             if p.poll() is None:
@@ -269,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
 @dataclass(slots=True)
 class Region:
     provider: oidc_provider.OidcProvider
-    has_portal: bool
     loader: list[subprocess.Popen]  # the demo data loader, once started
 
 
@@ -287,10 +290,8 @@ def demo_loader(args: argparse.Namespace) -> subprocess.Popen:
 
 def ready_block(args: argparse.Namespace, server_url: str, region: Region) -> str:
     provider = region.provider
-    portal = (portal_url(args) if region.has_portal
-              else f"{portal_url(args)} (not started: xds-portal is not part of this build yet)")
     lines = [f"\nxds-local: database server {server_url}", endpoints(args), "",
-             f"portal              {portal}",
+             f"portal              {portal_url(args)}  (sign in with the demo login)",
              f"demo login          {provider.demo_login} / {provider.demo_password}  (at {provider.issuer})"]
     from local_network.demo_data import demo_patients
 

@@ -22,7 +22,7 @@ PORTAL_CLIENT_ID = "xds-portal"
 PORTAL_CALLBACK_PATH = "/auth/callback"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 # canaille puts only registered claims in tokens, so the demo user's role and organisation are groups.
-DEMO_GROUPS = ("clinician", "hospital-a")
+DEMO_GROUPS = ("clinician", "org-hospital-a")  # the portal reads organisation as groups:org-
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +138,9 @@ def prepare(data_dir: Path, host: str, port: int, portal_url: str) -> OidcProvid
                        "--response-types", "code", "--scope", "openid", "--scope", "profile", "--scope", "email",
                        "--scope", "groups", "--token-endpoint-auth-method", "client_secret_basic", "--quiet"],
                       config_file)
+            # canaille leaves a new client's audience empty, so its ID tokens carry an empty "aud", which a
+            # relying party must refuse (OIDC Core 3.1.3.7): the portal is the audience of its own tokens.
+            _canaille(["set", "client", PORTAL_CLIENT_ID, "--audience", PORTAL_CLIENT_ID, "--quiet"], config_file)
         done.update(client=True, redirect_uri=redirect_uri)
         _write_atomically(provisioned, json.dumps(done))
     client_file = folder / "portal-client.json"

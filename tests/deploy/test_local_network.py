@@ -77,8 +77,14 @@ def network(postgres_admin_url, tmp_path_factory):
     yield net
     for p in (net["proc"], proc):
         if p.poll() is None:
-            p.kill()
-            p.wait()
+            # its children run in process groups of their own: find them before it goes, so none is left
+            net.setdefault("children", []).extend(psutil.Process(p.pid).children(recursive=True))
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     for child in net.get("children", []):
         if child.is_running():
             child.kill()
@@ -207,11 +213,53 @@ def test_the_oidc_provider_signs_in_the_demo_user_by_the_authorization_code_flow
     userinfo = requests.get(discovery["userinfo_endpoint"], timeout=10,
                             headers={"Authorization": f"Bearer {token.json()['access_token']}"}).json()
     assert userinfo["sub"] == "demo"
-    assert sorted(userinfo["groups"]) == ["clinician", "hospital-a"]  # role and organisation for the portal
+    assert sorted(userinfo["groups"]) == ["clinician", "org-hospital-a"]  # role and organisation for the portal
     wrong = requests.post(discovery["token_endpoint"], timeout=10, auth=(client["client_id"], "wrong"),
                           data={"grant_type": "authorization_code", "code": query["code"][0],
                                 "redirect_uri": client["redirect_uri"]})
     assert wrong.status_code in (400, 401)
+
+
+def test_the_portal_signs_in_the_demo_user_and_lists_a_patients_documents_from_every_hospital(network):
+    """The region's portal: sign-in at the embedded provider with the demo login (a real authorization code
+    flow through the portal's /login), then one patient's list (JSON twin) with the documents the registry
+    holds for the NHS number, rows naming the hospitals that hold them, and signing out ends the session."""
+    network["output"].wait_for(READY, 300)
+    password = next(line for line in network["output"].lines if line.startswith("demo login")).split()[4]
+    portal = f"http://127.0.0.1:{8090 + network['offset']}"
+    assert requests.get(portal + "/api/patients/9434765919/documents", timeout=10).status_code == 401
+    browser = requests.Session()
+    page = browser.get(portal + "/login", timeout=30)  # -> the provider's login page
+    for field, value in (("login", "demo"), ("password", password)):
+        form = html.fromstring(page.text).forms[0]
+        page = browser.post(urljoin(page.url, form.action or page.url), data={**dict(form.fields), field: value},
+                            timeout=30)
+    if not page.url.startswith(portal):  # consent, the first time
+        form = html.fromstring(page.text).forms[0]
+        page = browser.post(urljoin(page.url, form.action), data={**dict(form.fields), "answer": "accept"},
+                            timeout=30)
+    assert page.status_code == 200 and page.url.startswith(portal), (
+        page.status_code, page.url, [line for line in network["output"].lines if "consumer.portal" in line][-5:])
+    from local_network.demo_data import demo_patients
+
+    patient = demo_patients(network["data_dir"])[0]
+    nhs = patient["nhs_number"]
+    [entries] = documents_by_patient(network["registry"], [patient]).values()
+    deadline = time.monotonic() + 60
+    while True:
+        answer = browser.get(f"{portal}/api/patients/{nhs}/documents", timeout=60)
+        assert answer.status_code == 200, answer.text[:500]
+        rows = answer.json()["rows"]
+        if len(rows) >= len(entries) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert {r["document_unique_id"] for r in rows} >= {e.unique_id for e in entries}
+    names = {h: uid for h, (_, _, uid) in HOSPITALS.items()}
+    for row in rows:
+        assert names[row["hospital"]] == row["repository_unique_id"] and row["status"] == "available", row
+    csrf = html.fromstring(browser.get(f"{portal}/patients/{nhs}", timeout=60).text).forms[0].fields.get("csrf_token")
+    assert browser.post(portal + "/logout", data={"csrf_token": csrf}, timeout=30).status_code == 200
+    assert browser.get(f"{portal}/api/patients/{nhs}/documents", timeout=10).status_code == 401
 
 
 def test_a_second_copy_on_the_same_ports_says_so_in_one_line(network, tmp_path):
