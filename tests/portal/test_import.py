@@ -26,15 +26,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from ihe.metadata.model import Identifiable
 from tests.conftest import RunningService, free_port, start_registry_process
 from tests.imaging_source.conftest import sample_path, send_with_pynetdicom, start_imaging_source
-from tests.portal.conftest import (
-    CLIENT_ID,
-    CLIENT_SECRET,
-    new_user,
-    register_client,
-    sign_in,
-    start_portal_process,
-    valid_nhs_number,
-)
+from tests.portal.conftest import new_user, sign_in, start_portal_process, valid_nhs_number
 from tests.portal.test_portal_http import _record_patient, _wait_for_manifest
 from tests.repository.conftest import start_repository_process
 
@@ -43,6 +35,23 @@ HOSPITAL_A_OID = "1.2.826.0.1.99"  # the test imaging source's --patient-id-issu
 HOSPITAL_B_OID = "1.2.826.0.1.97"
 PACS_AE = "PACS_B"
 SLICES = 3
+# A client of its own at the (session-wide) provider: the other portal tests register theirs with other
+# redirect URLs under their own id.
+CLIENT_ID = "xds-portal-import-test"
+CLIENT_SECRET = "portal-import-test-secret"
+
+
+def register_client(iam_server, redirect_uri: str):
+    with iam_server.app.app_context():
+        client = iam_server.models.Client(
+            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, client_name="XDS portal (import tests)",
+            client_uri=redirect_uri.rsplit("/auth/", 1)[0], redirect_uris=[redirect_uri],
+            grant_types=["authorization_code"], response_types=["code"],
+            token_endpoint_auth_method="client_secret_basic", scope=["openid", "profile", "email", "groups"])
+        iam_server.backend.save(client)
+        client.audience = [client]
+        iam_server.backend.save(client)
+    return client
 
 
 class StorageSCP:
