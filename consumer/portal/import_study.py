@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 BATCH = 16  # instances per RAD-69 request: bounds the memory a job holds
 WORKERS = 2
 POLL_SECONDS = 5.0
+LOCK_SPACE = 0x494D50  # advisory lock namespace of import jobs ("IMP")
 MLLP_TIMEOUT = 10.0
 STORE_OK = {0x0000, 0xB000, 0xB006, 0xB007}  # success and the C-STORE warnings (stored)
 
@@ -248,35 +249,46 @@ async def run_job(portal: Portal, job: asyncpg.Record) -> None:
         await _set(portal.pool, job_id, state="failed", reason=f"internal error: {type(exc).__name__}: {exc}"[:500])
 
 
-async def _claim(pool: asyncpg.Pool) -> asyncpg.Record | None:
-    async with pool.acquire() as conn:
-        return await conn.fetchrow(
-            "UPDATE portal_import SET state = 'running', attempts = attempts + 1, updated_at = now() WHERE id = ("
-            " SELECT id FROM portal_import WHERE state = 'queued' ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            " RETURNING *")
+async def _claim(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    """The oldest queued job, now running and locked by ``conn``'s session (an advisory lock that
+    PostgreSQL drops when the process holding it dies, which is how :func:`resume` tells a job whose
+    portal is gone from one another portal process is working on)."""
+    return await conn.fetchrow(
+        "UPDATE portal_import SET state = 'running', attempts = attempts + 1, updated_at = now() WHERE id = ("
+        " SELECT id FROM portal_import WHERE state = 'queued' ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING *, pg_advisory_lock($1, id::integer)", LOCK_SPACE)
 
 
 async def worker(portal: Portal, wake: asyncio.Event) -> None:
     while True:
+        job = None
         try:
-            job = await _claim(portal.pool)
+            async with portal.pool.acquire() as conn:
+                job = await _claim(conn)
+                if job is not None:
+                    try:
+                        await run_job(portal, job)
+                    finally:
+                        await conn.execute("SELECT pg_advisory_unlock($1, $2::integer)", LOCK_SPACE, job["id"])
         except Exception as exc:  # the database may be restarting
             log.warning("import queue unavailable: %s", exc)
-            job = None
         if job is not None:
-            await run_job(portal, job)
             continue
         wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+        with contextlib.suppress(Exception):
+            if await resume(portal.pool):
+                wake.set()
 
 
-async def resume(pool: asyncpg.Pool) -> int:
-    """Jobs that were running when the portal stopped go back to the queue."""
-    async with pool.acquire() as conn:
-        status = await conn.execute("UPDATE portal_import SET state = 'queued', updated_at = now() "
-                                    "WHERE state = 'running'")
-    return int(status.split()[-1])
+async def resume(pool: asyncpg.Pool) -> list[int]:
+    """Running jobs whose portal process is gone (no one holds their lock) go back to the queue; their ids."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE portal_import SET state = 'queued', updated_at = now() "
+            "WHERE state = 'running' AND pg_try_advisory_xact_lock($1, id::integer) RETURNING id", LOCK_SPACE)
+    return [r["id"] for r in rows]
 
 
 # --- the list's rows and the routes ----------------------------------------------------------------------
@@ -317,7 +329,7 @@ def install(app: web.Application, portal: Portal) -> None:
     async def start(_app: web.Application) -> None:
         resumed = await resume(portal.pool)
         if resumed:
-            log.info("import: %d job(s) interrupted by the last stop are queued again", resumed)
+            log.info("import: %d job(s) interrupted by the last stop are queued again", len(resumed))
         for n in range(WORKERS):
             portal.extras[f"import-worker-{n}"] = asyncio.create_task(worker(portal, wake))
 

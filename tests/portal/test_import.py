@@ -327,3 +327,31 @@ def test_source_down_fails_with_that_reason(region):
     row, _ = _wait_done(region, browser, patient)
     assert row["status"].startswith("failed: the imaging source could not be reached (RAD-69"), row
     assert row["import_job"]["done"] == 0
+
+
+def test_resume_leaves_a_job_another_portal_process_is_running(region):
+    """Two portals on one database: a job whose worker still holds its lock is not queued again; one whose
+    process is gone (no lock) is."""
+    from consumer.portal.import_study import LOCK_SPACE, resume
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        pool = await asyncpg.create_pool(region.database_url, min_size=1, max_size=3)
+        holder = await asyncpg.connect(region.database_url)
+        try:
+            ids = []
+            for _ in range(2):
+                ids.append(await holder.fetchval(
+                    "INSERT INTO portal_import (hospital, patient_id, repository_unique_id, document_unique_id, "
+                    "state, requested_by) VALUES ('Hospital Z', '0', 'r', $1, 'running', 'test') RETURNING id",
+                    generate_uid()))
+            await holder.execute("SELECT pg_advisory_lock($1, $2::integer)", LOCK_SPACE, ids[0])
+            requeued = await resume(pool)
+            await holder.execute("DELETE FROM portal_import WHERE id = ANY($1::bigint[])", ids)
+            return ids, requeued
+        finally:
+            await holder.close()
+            await pool.close()
+
+    (held, orphan), requeued = asyncio.run(scenario())
+    assert orphan in requeued
+    assert held not in requeued
