@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 
 from consumer.client.imaging import InstanceRequest, retrieve_imaging_document_set
+from consumer.client.query import get_documents
 from consumer.client.retrieve import DocumentRequest, retrieve_document_set
 from consumer.client.soap import SoapFaultError, TransportError
 from consumer.portal import manifests
@@ -161,6 +162,29 @@ async def _manifest(portal: Portal, repository_unique_id: str, document_unique_i
     return manifest_instances(doc.data)
 
 
+async def check_document_of_patient(portal: Portal, patient_id: str, repository_unique_id: str,
+                                    document_unique_id: str) -> None:
+    """The manifest must be a document of ``patient_id`` at a registry (GetDocuments), so a form naming
+    someone else's study cannot put it under this patient's number."""
+    settings = portal.settings
+    reasons = []
+    for registry in settings.registries:
+        try:
+            entries = await get_documents(portal.soap, registry.url, [document_unique_id])
+        except Exception as exc:  # transport errors, faults, failure responses: ask the next registry
+            reasons.append(f"{registry.name}: {exc}"[:200])
+            continue
+        for entry in entries:
+            if entry.unique_id == document_unique_id and entry.repository_unique_id == repository_unique_id:
+                if (entry.patient_id and entry.patient_id.id == patient_id
+                        and entry.patient_id.authority_oid == settings.affinity_domain_oid):
+                    return
+                raise ImportFailed(f"the study is not a document of patient {patient_id}")
+    if reasons:
+        raise ImportFailed(f"the registry could not confirm the study's patient: {'; '.join(reasons)}")
+    raise ImportFailed("the study's manifest is not known to any registry of this portal")
+
+
 async def local_patient_id(settings: PortalSettings, hospital: str, patient_id: str) -> tuple[str, str]:
     """(the hospital's own number for ``patient_id``, its assigning authority OID) by PIX ITI-9."""
     config = settings.hospital_by_name(hospital)
@@ -217,6 +241,8 @@ async def run_job(portal: Portal, job: asyncpg.Record) -> None:
         pacs = settings.pacs_of(job["hospital"])
         if pacs is None:
             raise ImportFailed(f"{job['hospital']} has no PACS configured in this portal (--pacs)")
+        await check_document_of_patient(portal, job["patient_id"], job["repository_unique_id"],
+                                        job["document_unique_id"])
         study = await _manifest(portal, job["repository_unique_id"], job["document_unique_id"])
         await _set(portal.pool, job_id, study_uid=study.study_uid, total_count=len(study.instances), done_count=0)
         local_id, issuer = await local_patient_id(settings, job["hospital"], job["patient_id"])
@@ -358,7 +384,8 @@ def install(app: web.Application, portal: Portal) -> None:
                 "INSERT INTO portal_import (hospital, patient_id, repository_unique_id, document_unique_id, "
                 "requested_by) VALUES ($1, $2, $3, $4, $5) "
                 "ON CONFLICT (hospital, repository_unique_id, document_unique_id) DO UPDATE"
-                " SET state = 'queued', reason = NULL, done_count = 0, requested_by = EXCLUDED.requested_by,"
+                " SET state = 'queued', reason = NULL, done_count = 0, attempts = 0, patient_id = EXCLUDED.patient_id,"
+                " requested_by = EXCLUDED.requested_by,"
                 " updated_at = now() WHERE portal_import.state IN ('failed', 'imported')",
                 hospital, patient_id, repository, document, session.user)
         wake.set()

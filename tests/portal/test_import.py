@@ -268,6 +268,30 @@ def test_no_hospital_number_fails_with_that_reason(region):
     assert page.status_code == 200 and "PIX found none" in page.text and "Retry</button>" in page.text
 
 
+def test_a_form_naming_another_patients_study_fails_and_sends_nothing(region):
+    browser = _browser(region)
+    victim, other = region.patients["later"], region.patients["both"]
+    row = _row(region, browser, victim)
+    page = browser.get(f"{region.portal.url}/patients/{other.nhs}", timeout=60)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    before = set(region.pacs.received)
+    answer = browser.post(f"{region.portal.url}/imports", allow_redirects=False, timeout=30, data={
+        "csrf_token": csrf, "patient_id": other.nhs, "repository_unique_id": row["repository_unique_id"],
+        "document_unique_id": row["document_unique_id"]})
+    assert answer.status_code == 303
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = browser.get(f"{region.portal.url}/api/imports", timeout=30).json()["imports"]
+        job = next(j for j in jobs if j["document_unique_id"] == row["document_unique_id"])
+        if job["state"] == "failed":
+            break
+        time.sleep(0.2)
+    assert job["state"] == "failed" and job["reason"] == f"the study is not a document of patient {other.nhs}", job
+    assert set(region.pacs.received) == before
+    assert _row(region, browser, victim)["status"] == "available"  # the victim's row is not touched
+    # (the next test imports this study for its own patient: the failed job is taken over, not in the way)
+
+
 def test_pacs_down_fails_then_retry_succeeds(region):
     browser = _browser(region)
     patient = region.patients["later"]
