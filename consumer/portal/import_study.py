@@ -222,7 +222,11 @@ def c_store(pacs: Pacs, calling_ae: str, datasets: list[Dataset]) -> None:
         raise ImportFailed(f"{where} could not be reached or refused the association")
     try:
         for ds in datasets:
-            status = assoc.send_c_store(ds)
+            try:
+                status = assoc.send_c_store(ds)
+            except ValueError:  # no presentation context of this SOP class and transfer syntax was accepted
+                raise ImportFailed(f"{where} does not accept {ds.SOPClassUID.name} in "
+                                   f"{ds.file_meta.TransferSyntaxUID.name}") from None
             code = status.Status if status and "Status" in status else None
             if code is None:
                 raise ImportFailed(f"{where} gave no answer to C-STORE of {ds.SOPInstanceUID}")

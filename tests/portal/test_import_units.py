@@ -109,3 +109,25 @@ def test_row_status_text():
     assert row_status({"state": "imported", "done_count": 5, "total_count": 5, "reason": None}) == "imported"
     assert row_status({"state": "failed", "done_count": 0, "total_count": 5, "reason": "PACS down"}) == \
         "failed: PACS down"
+
+
+def test_c_store_names_what_the_pacs_does_not_accept():
+    """A real storage SCP accepting MR only: sending CT fails with the SOP class named, not a stack trace."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    from consumer.portal.import_study import c_store
+    from tests.conftest import free_port
+
+    ae = AE(ae_title="ONLY_MR")
+    ae.add_supported_context(MRImageStorage, "1.2.840.10008.1.2.1")
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0)])
+    try:
+        mr = pydicom.dcmread(sample_path("MR_small.dcm"))
+        mr.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+        ct = pydicom.dcmread(sample_path("CT_small.dcm"))
+        with pytest.raises(ImportFailed, match="does not accept CT Image Storage in Explicit VR Little Endian"):
+            c_store(Pacs("Hospital B", "127.0.0.1", port, "ONLY_MR"), "PORTAL", [mr, ct])
+    finally:
+        server.shutdown()
