@@ -256,9 +256,11 @@ async def run_job(portal: Portal, job: asyncpg.Record) -> None:
             batch = study.instances[start:start + BATCH]
             try:
                 result = await retrieve_imaging_document_set(portal.soap, study.rad69_url, batch)
-            except (TransportError, SoapFaultError, TimeoutError, ValueError) as exc:
+            except (TransportError, TimeoutError) as exc:
                 raise ImportFailed(f"the imaging source could not be reached (RAD-69 {study.rad69_url}): "
                                    f"{exc}"[:500]) from None
+            except (SoapFaultError, ValueError) as exc:
+                raise ImportFailed(f"the imaging source refused RAD-69 ({study.rad69_url}): {exc}"[:500]) from None
             missing = [i.sop_instance_uid for i in batch if i.sop_instance_uid not in result.instances]
             if missing:
                 said = "; ".join(e.context or e.code for e in result.errors)[:300]
