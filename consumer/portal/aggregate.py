@@ -50,6 +50,7 @@ class Row:
     report_present: bool = False
     status: str = AVAILABLE
     status_reason: str = ""
+    import_job: dict | None = None  # the user's hospital's import of this study (consumer.portal.import_study)
 
 
 @dataclass(slots=True)

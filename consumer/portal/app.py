@@ -15,7 +15,7 @@ from aiohttp import web
 
 from consumer.client.retrieve import DocumentRequest, retrieve_document_set
 from consumer.client.soap import SoapClient, SoapFaultError, TransportError
-from consumer.portal import aggregate, cda, dicomweb_proxy, manifests, search, viewer
+from consumer.portal import aggregate, cda, dicomweb_proxy, import_study, manifests, search, viewer
 from consumer.portal.context import Portal
 from consumer.portal.oidc import OidcClient, SignInError
 from consumer.portal.sessions import (
@@ -193,6 +193,7 @@ def build_app(portal: Portal) -> web.Application:
         except ValueError as exc:
             filters, filter_error = None, str(exc)
         everything = await aggregate.patient_documents(portal, patient)
+        await import_study.mark_rows(portal, request.get("session"), patient, everything.rows)
         shown = aggregate.apply_filters(everything, filters) if filters else everything
         return everything, shown, filters, filter_error
 
@@ -230,6 +231,7 @@ def build_app(portal: Portal) -> web.Application:
     app.add_routes(routes)
     app.add_routes(dicomweb_proxy.build_routes(portal.locate, require_session, client=lambda: portal.http))
     app.add_routes(viewer_routes(viewer.DEFAULT_OHIF_DIR))
+    import_study.install(app, portal)
     return app
 
 

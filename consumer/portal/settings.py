@@ -20,6 +20,9 @@ OPTIONS: list[Option] = [
     Option("hospitals", "the region's hospitals as NAME|REPOSITORY_UNIQUE_ID|REPOSITORY_URL|HOSPITAL_NUMBER_OID "
            "separated by ';' (a TOML list works too); ITI-43 goes to REPOSITORY_URL, hospital numbers of "
            "HOSPITAL_NUMBER_OID are resolved with PIX (ITI-9)"),
+    Option("pacs", "each hospital's PACS that studies are imported into, as HOSPITAL|HOST|PORT|AE_TITLE "
+           "separated by ';' (a TOML list works too); HOSPITAL is a name of --hospitals"),
+    Option("import-ae-title", "the portal's own AE title when it sends imported studies (C-STORE)", "XDS-PORTAL"),
     Option("affinity-domain-oid", "assigning authority OID of the affinity domain patient id (the NHS number)",
            "2.16.840.1.113883.2.1.4.1"),
     Option("registry-mllp", "HOST:PORT of the registry's MLLP listener for PIX (ITI-9) and PDQ (ITI-21)"),
@@ -77,6 +80,23 @@ def parse_registries(value: Any) -> list[Registry]:
     return registries
 
 
+@dataclass(frozen=True, slots=True)
+class Pacs:
+    hospital: str
+    host: str
+    port: int
+    ae_title: str
+
+
+def parse_pacs(value: Any) -> list[Pacs]:
+    found = []
+    for parts in _entries(value):
+        if len(parts) != 4 or not all(parts) or not parts[2].isdigit():
+            raise ValueError(f"PACS {'|'.join(parts)!r} is not HOSPITAL|HOST|PORT|AE_TITLE")
+        found.append(Pacs(parts[0], parts[1], int(parts[2]), parts[3]))
+    return found
+
+
 def parse_hospitals(value: Any) -> list[Hospital]:
     hospitals = []
     for parts in _entries(value):
@@ -96,6 +116,8 @@ class PortalSettings:
     data_dir: Path = Path("data/portal")
     registries: list[Registry] = field(default_factory=list)
     hospitals: list[Hospital] = field(default_factory=list)
+    pacs: list[Pacs] = field(default_factory=list)
+    import_ae_title: str = "XDS-PORTAL"
     affinity_domain_oid: str = "2.16.840.1.113883.2.1.4.1"
     registry_mllp: str | None = None
     oidc_issuer: str | None = None
@@ -116,6 +138,7 @@ class PortalSettings:
         values = {k: v for k, v in values.items() if v is not None}
         values["registries"] = parse_registries(values.get("registries"))
         values["hospitals"] = parse_hospitals(values.get("hospitals"))
+        values["pacs"] = parse_pacs(values.get("pacs"))
         return cls(**values)
 
     @property
@@ -142,3 +165,6 @@ class PortalSettings:
 
     def hospital_by_name(self, name: str) -> Hospital | None:
         return next((h for h in self.hospitals if h.name == name), None)
+
+    def pacs_of(self, hospital: str) -> Pacs | None:
+        return next((p for p in self.pacs if p.hospital == hospital), None)
