@@ -151,7 +151,8 @@ def rad69_request(documents: list[ImageRequest], syntaxes: list[str]) -> etree._
 async def retrieve_imaging_document_set(client: SoapClient, url: str, documents: list[ImageRequest],
                                         syntaxes: list[str] | None = None) -> ImagingRetrieveResult:
     """RAD-69: the requested instances (MTOM); ``syntaxes`` default to the two every source supports."""
-    syntaxes = syntaxes or [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
+    if syntaxes is None:
+        syntaxes = [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
     result = await client.call(url, ACTION_RAD69, rad69_request(documents, syntaxes), mtom=True)
     if result.body.tag != qn(XDSB, "RetrieveDocumentSetResponse"):
         raise ManifestError(f"RAD-69 answered {result.body.tag}, not a RetrieveDocumentSetResponse")
