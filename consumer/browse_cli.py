@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -172,14 +172,18 @@ async def _find_manifest(args: argparse.Namespace, client: SoapClient):
         raise CommandError(str(exc)) from None
 
 
-def _run(command: str, coro_factory) -> int:
+def _run(command: str, body: Callable[[SoapClient], Awaitable[int]], timeout: float) -> int:
+    """Run ``body`` with a SOAP client; every failure becomes one line on stderr and exit status 1."""
+
     async def run():
-        async with SoapClient(timeout=coro_factory.timeout) as client:
-            return await coro_factory(client)
+        async with SoapClient(timeout=timeout) as client:
+            return await body(client)
+
+    from consumer.client.imaging import ManifestError
 
     try:
         return asyncio.run(run())
-    except CommandError as exc:
+    except (CommandError, ManifestError) as exc:
         return _fail(command, str(exc))
     except (TransportError, SoapFaultError) as exc:
         return _fail(command, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -217,8 +221,7 @@ def _show_study(args: argparse.Namespace) -> int:
                     print(f"    WADO-URI: {wado_uri_link(series.retrieve_url, manifest.study_uid, series.series_uid, inst.sop_instance_uid)}")  # noqa: E501
         return 0
 
-    show.timeout = args.timeout  # type: ignore[attr-defined]
-    return _run("show-study", show)
+    return _run("show-study", show, args.timeout)
 
 
 @subcommand
@@ -268,5 +271,4 @@ def _retrieve_images(args: argparse.Namespace) -> int:
         print(f"{written} instance(s) of study {manifest.study_uid} written to {args.out}")
         return 0
 
-    fetch.timeout = args.timeout  # type: ignore[attr-defined]
-    return _run("retrieve-images", fetch)
+    return _run("retrieve-images", fetch, args.timeout)
