@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from consumer.client.browse import find_documents_any_status, find_submission_sets, get_submission_set_and_contents
+from consumer.client.query import QueryFailed
 from consumer.client.soap import SoapFaultError, TransportError
 from consumer.portal import search
 from consumer.portal.context import Portal
@@ -101,8 +102,8 @@ async def _registry_view(portal: Portal, name: str, url: str, cx: str) -> Regist
             documents = await find_documents_any_status(portal.soap, url, cx)
     except (TransportError, SoapFaultError, TimeoutError, OSError, aiohttp.ClientError) as exc:
         return RegistryView(name, ok=False, reason=str(exc) or "no answer within the deadline")
-    except Exception as exc:  # QueryFailed and the like: the registry's own answer
-        return RegistryView(name, ok=False, reason=str(exc))
+    except QueryFailed as exc:  # the registry's own Failure answer
+        return RegistryView(name, ok=False, reason=f"the registry answered Failure: {exc}")
     for s, c in sorted(zip(sets, contents, strict=True), key=lambda sc: sc[0].submission_time or "", reverse=True):
         view.submission_sets.append({
             "entry_uuid": s.entry_uuid, "unique_id": s.unique_id, "source_id": s.source_id,

@@ -21,7 +21,6 @@ from ihe.metadata.model import Identifiable
 from tests.conftest import ROOT, RunningService, free_port, start_registry_process
 from tests.imaging_source.conftest import sample_path, send_with_pynetdicom, start_imaging_source
 from tests.portal.conftest import (
-    CLIENT_ID,
     CLIENT_SECRET,
     new_user,
     register_client,
@@ -41,6 +40,7 @@ from tests.portal.test_portal_http import (
 from tests.repository.conftest import start_repository_process
 
 SLICES = 3
+CLIENT_ID = "xds-portal-admin-test"  # not the other portal tests' client: the provider is shared by the session
 
 
 @dataclass
@@ -97,7 +97,7 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
         asyncio.run(_wait_for_manifest(registry.url, nhs))
 
         port = free_port()
-        client = register_client(iam_server, f"http://127.0.0.1:{port}/auth/callback")
+        client = register_client(iam_server, f"http://127.0.0.1:{port}/auth/callback", CLIENT_ID)
         admin = new_user(iam_server, "Ian Integrator", ["role-integration", "org-Region"])
         clinician = new_user(iam_server, "Dr Grace Hopper", ["role-clinician", "org-Hospital A"])
         portal = start_portal_process(
