@@ -381,6 +381,10 @@ def _remove_documents(args: argparse.Namespace) -> int:
 
 # --- main ---------------------------------------------------------------------------------------
 
+from consumer.browse_cli import SUBCOMMANDS as _BROWSE  # noqa: E402 - patients, show-study, retrieve-images
+
+SUBCOMMANDS.extend(_BROWSE)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from consumer.client.retrieve import DocumentRequest, retrieve_document_set
 from consumer.client.soap import SoapClient, SoapFaultError, TransportError
-from consumer.portal import aggregate, cda, dicomweb_proxy, import_study, manifests, search, viewer
+from consumer.portal import admin, aggregate, cda, dicomweb_proxy, import_study, manifests, search, viewer
 from consumer.portal.context import Portal
 from consumer.portal.oidc import OidcClient, SignInError
 from consumer.portal.sessions import (
@@ -232,6 +232,7 @@ def build_app(portal: Portal) -> web.Application:
     app.add_routes(dicomweb_proxy.build_routes(portal.locate, require_session, client=lambda: portal.http))
     app.add_routes(viewer_routes(viewer.DEFAULT_OHIF_DIR))
     import_study.install(app, portal)
+    app.add_routes(admin.build_routes(portal))
     return app
 
 

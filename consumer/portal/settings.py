@@ -37,6 +37,10 @@ OPTIONS: list[Option] = [
     Option("session-lifetime", "seconds after sign-in after which a session ends whatever happens", 43200, int),
     Option("query-deadline", "seconds every source (registry, repository) has to answer before its rows are "
            "marked unreachable", 5.0, float),
+    Option("admin-role", "role (from the identity provider) allowed to open the registry browser at /admin; "
+           "when absent nobody may"),
+    Option("imaging-sources", "the hospitals' imaging sources as HOSPITAL_NAME|BASE_URL separated by ';' (a TOML "
+           "list works too); the registry browser shows each one's publishing status (BASE_URL/status)"),
     Option("pool-size", "PostgreSQL connections", 10, int),
     Option("log-level", "logging level", "INFO"),
 ]
@@ -132,6 +136,8 @@ class PortalSettings:
     query_deadline: float = 5.0
     pool_size: int = 10
     log_level: str = "INFO"
+    admin_role: str | None = None
+    imaging_sources: list[Registry] = field(default_factory=list)  # (hospital name, base URL)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PortalSettings:
@@ -139,6 +145,7 @@ class PortalSettings:
         values["registries"] = parse_registries(values.get("registries"))
         values["hospitals"] = parse_hospitals(values.get("hospitals"))
         values["pacs"] = parse_pacs(values.get("pacs"))
+        values["imaging_sources"] = parse_registries(values.get("imaging_sources"))
         return cls(**values)
 
     @property

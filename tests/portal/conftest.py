@@ -35,11 +35,12 @@ def start_portal_process(database_url: str, port: int, log_path: Path, *extra: s
     return RunningService(proc, url=f"http://127.0.0.1:{port}", port=port, log_path=log_path)
 
 
-def register_client(iam_server, redirect_uri: str):
-    """The portal as a confidential client of the provider."""
+def register_client(iam_server, redirect_uri: str, client_id: str = CLIENT_ID):
+    """The portal as a confidential client of the provider (each portal of a test session its own client id: the
+    provider is shared by the whole session)."""
     with iam_server.app.app_context():
         client = iam_server.models.Client(
-            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, client_name="XDS portal (tests)",
+            client_id=client_id, client_secret=CLIENT_SECRET, client_name="XDS portal (tests)",
             client_uri=redirect_uri.rsplit("/auth/", 1)[0], redirect_uris=[redirect_uri],
             grant_types=["authorization_code"], response_types=["code"],
             token_endpoint_auth_method="client_secret_basic", scope=["openid", "profile", "email", "groups"])
