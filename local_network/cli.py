@@ -160,6 +160,8 @@ def portal_service(wiring: PortalWiring) -> Service:
         "--oidc-issuer", wiring.oidc_issuer, "--oidc-client-id", client["client_id"],
         "--oidc-client-secret", client["client_secret"], "--oidc-redirect-url", client["redirect_uri"],
         "--oidc-role-claim", "groups", "--oidc-organisation-claim", "groups:org-",
+        "--imaging-sources", ";".join(f"{name}|{root}" for name, root in wiring.imaging_sources.items()),
+        "--admin-role", "clinician",  # the demo user may open the registry browser
     ], wiring.database_url.rsplit("/", 1)[-1], (Listener("HTTP", wiring.port, path="/health"),))
 
 
