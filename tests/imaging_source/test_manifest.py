@@ -131,7 +131,7 @@ def test_accession_reference_id_takes_the_issuer_from_the_header_first(samples):
 
 def test_source_patient_id_of_a_hospital_number_with_namespace_and_oid_is_what_the_registry_accepts(samples):
     """A header with Issuer of Patient ID (namespace) and its OID qualifier: sourcePatientId is the XDS form
-    id^^^&OID&ISO (the registry refuses a namespace there); sourcePatientInfo PID-3 keeps the namespace."""
+    id^^^&OID&ISO (the registry refuses a namespace there); sourcePatientInfo PID-3 names the patient alike."""
     from ihe.metadata.validate import validate_document_entry
 
     header = _study_header(samples)
@@ -141,5 +141,5 @@ def test_source_patient_id_of_a_hospital_number_with_namespace_and_oid_is_what_t
                                   source_id="1.2.3.4", codes=CODES)
     [entry] = package.documents
     assert entry.source_patient_id == Identifiable("A1", "1.2.826.0.1.99")
-    assert entry.source_patient_info[0] == "PID-3|A1^^^HOSPA&1.2.826.0.1.99&ISO"
+    assert entry.source_patient_info[0] == "PID-3|A1^^^&1.2.826.0.1.99&ISO"
     assert [e for e in validate_document_entry(entry) if "sourcePatientId" in e.context] == []
