@@ -130,7 +130,8 @@ class PortalWiring:
     imaging_sources: dict[str, str]  # hospital name -> imaging source web root (WADO-RS under /dicomweb)
     oidc_issuer: str
     oidc_client_file: Path  # JSON with issuer, client_id, client_secret, redirect_uri
-    database_url: str  # a database of its own on the region's PostgreSQL server
+    database: str  # the name of its database on the region's PostgreSQL server
+    database_url: str  # and its URL
     data_dir: Path
 
 
@@ -142,6 +143,7 @@ def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_prov
         repositories={h.repository_unique_id: f"http://{host}:{h.repository_port + o}/repository" for h in HOSPITALS},
         imaging_sources={h.name: f"http://{host}:{h.imaging_port + o}" for h in HOSPITALS},
         oidc_issuer=provider.issuer, oidc_client_file=provider.client_file,
+        database=f"{args.database_prefix}portal",
         database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal")
 
 
@@ -162,7 +164,7 @@ def portal_service(wiring: PortalWiring) -> Service:
         "--oidc-role-claim", "groups", "--oidc-organisation-claim", "groups:org-",
         "--imaging-sources", ";".join(f"{name}|{root}" for name, root in wiring.imaging_sources.items()),
         "--admin-role", "clinician",  # the demo user may open the registry browser
-    ], wiring.database_url.rsplit("/", 1)[-1], (Listener("HTTP", wiring.port, path="/health"),))
+    ], wiring.database, (Listener("HTTP", wiring.port, path="/health"),))
 
 
 def portal_url(args: argparse.Namespace) -> str:
