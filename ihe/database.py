@@ -97,3 +97,15 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60,
                                      reset=_reset_connection)
+
+
+async def rollback_or_discard(conn: asyncpg.Connection, transaction: str) -> None:
+    """Roll back an open transaction after a failure; a connection that cannot even roll back is
+    terminated, so the pool discards it instead of handing out a connection in an unknown state."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        log.warning("%s: ROLLBACK failed; the pool discards the connection", transaction, exc_info=True)
+        conn.terminate()

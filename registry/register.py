@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 import asyncpg
 from lxml import etree
 
+from ihe.database import rollback_or_discard
 from ihe.errors import ErrorCode, RegistryError, XDSError, build_registry_response, error
 from ihe.http import SoapReply
 from ihe.metadata import vocabulary as v
@@ -492,24 +493,14 @@ async def _store_package(registry, package: SubmissionPackage, preassigned: set[
                 await conn.execute("ROLLBACK" if errors else "COMMIT")
                 return errors
             except _RETRYABLE as exc:
-                await _rollback(conn)
+                await rollback_or_discard(conn, "ITI-42")
                 log.info("ITI-42: %s on attempt %d, retrying", type(exc).__name__, attempt)
             except BaseException:
-                await _rollback(conn)
+                await rollback_or_discard(conn, "ITI-42")
                 raise
         await asyncio.sleep(random.uniform(0.002, 0.01) * attempt)
     return [error(ErrorCode.REGISTRY_BUSY, f"the submission conflicted with concurrent submissions {ATTEMPTS} "
                                            "times; nothing was stored, please retry")]
-
-
-async def _rollback(conn: asyncpg.Connection) -> None:
-    if conn.is_closed() or not conn.is_in_transaction():
-        return
-    try:
-        await conn.execute("ROLLBACK")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        log.warning("ITI-42: ROLLBACK failed; the pool discards the connection", exc_info=True)
-        conn.terminate()
 
 
 async def _register(conn, registry, package, preassigned, rows, now) -> list[RegistryError]:

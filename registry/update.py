@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 import asyncpg
 from lxml import etree
 
+from ihe.database import rollback_or_discard
 from ihe.errors import ErrorCode, RegistryError, XDSError, build_registry_response, error
 from ihe.http import SoapReply
 from ihe.metadata import vocabulary as v
@@ -465,31 +466,21 @@ async def _run(registry, submitted, assigned, ops, now) -> list[RegistryError]:
                 await conn.execute("ROLLBACK" if errors else "COMMIT")
                 return errors
             except _RETRYABLE as exc:
-                await _rollback(conn)
+                await rollback_or_discard(conn, "ITI-57")
                 log.info("ITI-57: %s on attempt %d, retrying", type(exc).__name__, attempt)
             except asyncpg.UniqueViolationError as exc:
-                await _rollback(conn)
+                await rollback_or_discard(conn, "ITI-57")
                 if exc.constraint_name and "lid" in exc.constraint_name:
                     return [error(ErrorCode.METADATA_VERSION_ERROR, "another update of the same object was "
                                   "committed while this one was processed; nothing was changed, query the latest "
                                   "version and retry")]
                 raise
             except BaseException:
-                await _rollback(conn)
+                await rollback_or_discard(conn, "ITI-57")
                 raise
         await asyncio.sleep(random.uniform(0.002, 0.01) * attempt)
     return [error(ErrorCode.REGISTRY_BUSY, f"the update conflicted with concurrent submissions {ATTEMPTS} times; "
                                            "nothing was changed, please retry")]
-
-
-async def _rollback(conn: asyncpg.Connection) -> None:
-    if conn.is_closed() or not conn.is_in_transaction():
-        return
-    try:
-        await conn.execute("ROLLBACK")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        log.warning("ITI-57: ROLLBACK failed; the pool discards the connection", exc_info=True)
-        conn.terminate()
 
 
 async def _update(conn, registry, submitted: SubmissionPackage, assigned: SubmissionPackage, ops: Operations,
