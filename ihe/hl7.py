@@ -311,6 +311,19 @@ def read_pix_response(text: str) -> list[Identifiable]:
     raise PixQueryError(f"PIX query answered {ack or '(no MSA-1)'}/{status or '-'}: {reason or 'no reason given'}")
 
 
+async def mllp_request(host: str, port: int, message: str, timeout: float) -> bytes:
+    """Send one HL7 message over MLLP and return the answer's block; the caller maps the failures
+    (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) to its transaction's error."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await open_hl7_connection(host, port, limit=MAX_MESSAGE_BYTES)
+        try:
+            writer.writeblock(message.encode("utf-8"))
+            await writer.drain()
+            return await reader.readblock()
+        finally:
+            writer.close()
+
+
 async def pix_query(host: str, port: int, identifier: Identifiable, domains: list[str] | None = None, *,
                     timeout: float = 10.0, sending_application: str = "XDS-I") -> list[Identifiable]:
     """ITI-9: the identifiers the PIX manager at ``host:port`` cross-references with ``identifier``.
@@ -322,14 +335,7 @@ async def pix_query(host: str, port: int, identifier: Identifiable, domains: lis
     request = build_pix_query(identifier, domains, query_tag=new_control_id(),
                               sending_application=sending_application)
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await open_hl7_connection(host, port, limit=MAX_MESSAGE_BYTES)
-            try:
-                writer.writeblock(request.encode("utf-8"))
-                await writer.drain()
-                block = await reader.readblock()
-            finally:
-                writer.close()
+        block = await mllp_request(host, port, request, timeout)
     except TimeoutError:
         raise PixQueryError(f"no PIX query answer from {host}:{port} within {timeout}s") from None
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:

@@ -11,10 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from hl7.mllp import open_hl7_connection
-
 from ihe.hl7 import (
-    MAX_MESSAGE_BYTES,
     HL7Error,
     Writer,
     cx_at,
@@ -22,6 +19,7 @@ from ihe.hl7 import (
     domain_cx,
     encode,
     get,
+    mllp_request,
     new_control_id,
     parse_message,
     repetition_count,
@@ -112,14 +110,7 @@ async def pdq_query(host: str, port: int, *, family: str | None = None, given: s
                               sex=sex, identifier=identifier, domains=domains, limit=limit,
                               sending_application=sending_application)
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await open_hl7_connection(host, port, limit=MAX_MESSAGE_BYTES)
-            try:
-                writer.writeblock(request.encode("utf-8"))
-                await writer.drain()
-                block = await reader.readblock()
-            finally:
-                writer.close()
+        block = await mllp_request(host, port, request, timeout)
     except TimeoutError:
         raise PdqQueryError(f"no PDQ answer from {host}:{port} within {timeout}s") from None
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
