@@ -34,16 +34,12 @@ import hl7
 
 from ihe.hl7 import (
     DATA_TYPE_ERROR,
-    PIX_QUERY_VERSIONS,
     REQUIRED_FIELD_MISSING,
     TABLE_VALUE_NOT_FOUND,
     UNKNOWN_KEY_IDENTIFIER,
-    UNSUPPORTED_EVENT_CODE,
-    UNSUPPORTED_MESSAGE_TYPE,
     ErrorLocation,
     HL7Error,
     Writer,
-    check_header,
     cx_at,
     encode,
     get,
@@ -55,6 +51,7 @@ from ihe.hl7 import (
 )
 from ihe.metadata.model import Identifiable
 from registry.patients import Demographics, PatientRecord, _like, known_authority
+from registry.pix_query import check_qbp, qpd_error
 
 if TYPE_CHECKING:
     import asyncpg
@@ -91,22 +88,9 @@ class PdqQuery:
     limit: int = MAX_PATIENTS
 
 
-def _qpd_error(reason: str, code: str, field: int, repetition: int = 0, component: int = 0) -> HL7Error:
-    return HL7Error("AE", reason, code, ErrorLocation("QPD", 1, field, repetition, component))
-
-
 def parse_pdq_query(message: hl7.Message) -> PdqQuery:
     """The query of a QBP^Q22, or HL7Error (AR: wrong type/event/version; AE: QPD/RCP content)."""
-    check_header(message, PIX_QUERY_VERSIONS)
-    code, event = message_type(message)
-    if code != "QBP":
-        raise HL7Error("AR", f"message type {code} is not a PDQ query", UNSUPPORTED_MESSAGE_TYPE,
-                       ErrorLocation("MSH", 1, 9))
-    if event != "Q22":
-        raise HL7Error("AR", f"QBP event {event or '(none)'} is not supported here; the PDQ query is QBP^Q22",
-                       UNSUPPORTED_EVENT_CODE, ErrorLocation("MSH", 1, 9))
-    if not has_segment(message, "QPD"):
-        raise HL7Error("AE", "the query has no QPD segment", REQUIRED_FIELD_MISSING, ErrorLocation("QPD"))
+    check_qbp(message, "Q22", "PDQ")
     criteria: dict[str, str] = {}
     for rep in range(1, repetition_count(message, "QPD", 3) + 1):
         name = get(message, f"QPD.F3.R{rep}.C1")
@@ -116,7 +100,7 @@ def parse_pdq_query(message: hl7.Message) -> PdqQuery:
         m = re.fullmatch(r"@?PID\.(\d+(?:\.\d+){0,2})", name.strip(), re.IGNORECASE)
         key = _FIELDS.get(m.group(1)) if m else None
         if key is None:
-            raise _qpd_error(f"QPD-3 repetition {rep}: cannot search on {name or '(no field name)'}; supported are "
+            raise qpd_error(f"QPD-3 repetition {rep}: cannot search on {name or '(no field name)'}; supported are "
                              "@PID.3.1, @PID.3.4(.1/.2), @PID.5.1, @PID.5.2, @PID.7 and @PID.8",
                              TABLE_VALUE_NOT_FOUND, 3, rep, 1)
         if not value:
@@ -127,7 +111,7 @@ def parse_pdq_query(message: hl7.Message) -> PdqQuery:
                     criteria[part] = text
             continue
         if key in criteria and criteria[key] != value:
-            raise _qpd_error(f"QPD-3 gives {name} twice", DATA_TYPE_ERROR, 3, rep, 2)
+            raise qpd_error(f"QPD-3 gives {name} twice", DATA_TYPE_ERROR, 3, rep, 2)
         criteria[key] = value
         if key == "birth_date":
             date = value[:8]
@@ -136,24 +120,24 @@ def parse_pdq_query(message: hl7.Message) -> PdqQuery:
                     raise ValueError(date)
                 datetime.strptime(date, "%Y%m%d")
             except ValueError:
-                raise _qpd_error(f"QPD-3 repetition {rep}: birth date {value!r} is not YYYYMMDD", DATA_TYPE_ERROR,
+                raise qpd_error(f"QPD-3 repetition {rep}: birth date {value!r} is not YYYYMMDD", DATA_TYPE_ERROR,
                                  3, rep, 2) from None
             criteria[key] = date
         elif key == "sex":
             criteria[key] = value.upper()
             if criteria[key] not in SEX_CODES:
-                raise _qpd_error(f"QPD-3 repetition {rep}: sex {value!r} is not in HL7 table 0001 "
+                raise qpd_error(f"QPD-3 repetition {rep}: sex {value!r} is not in HL7 table 0001 "
                                  f"({', '.join(sorted(SEX_CODES))})", TABLE_VALUE_NOT_FOUND, 3, rep, 2)
     criteria.pop("oid_type", None)
     if not criteria.keys() - {"namespace", "oid"}:
-        raise _qpd_error("QPD-3 names no search field with a value (e.g. @PID.5.1^SMITH)", REQUIRED_FIELD_MISSING, 3)
+        raise qpd_error("QPD-3 names no search field with a value (e.g. @PID.5.1^SMITH)", REQUIRED_FIELD_MISSING, 3)
     domains = []
     for rep in range(1, repetition_count(message, "QPD", 8) + 1):
         domain = cx_at(message, "QPD", 8, rep)
         if domain is None:
             continue
         if not (domain.authority_oid or domain.authority_namespace):
-            raise _qpd_error(f"QPD-8 repetition {rep} names no assigning authority (CX-4)", REQUIRED_FIELD_MISSING,
+            raise qpd_error(f"QPD-8 repetition {rep} names no assigning authority (CX-4)", REQUIRED_FIELD_MISSING,
                              8, rep, 4)
         domains.append(domain)
     limit = MAX_PATIENTS
@@ -220,7 +204,7 @@ async def find_pdq_patients(conn: asyncpg.Connection, registry: Registry,
     for rep, domain in enumerate(query.domains, start=1):
         if not await _recognised(conn, registry, domain):
             name = domain.authority_oid or domain.authority_namespace
-            raise _qpd_error(f"requested domain {name} (QPD-8 repetition {rep}) is not known to this supplier",
+            raise qpd_error(f"requested domain {name} (QPD-8 repetition {rep}) is not known to this supplier",
                              UNKNOWN_KEY_IDENTIFIER, 8, rep, 4)
     wanted = [d for domain in query.domains for d in (domain.authority_oid, domain.authority_namespace) if d]
     rows = await conn.fetch(

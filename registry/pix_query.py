@@ -58,27 +58,33 @@ class PixQuery:
     domains: tuple[Identifiable, ...] = ()
 
 
-def _qpd_error(reason: str, code: str, field: int, repetition: int = 0, component: int = 0) -> HL7Error:
+def qpd_error(reason: str, code: str, field: int, repetition: int = 0, component: int = 0) -> HL7Error:
     return HL7Error("AE", reason, code, ErrorLocation("QPD", 1, field, repetition, component))
+
+
+def check_qbp(message: hl7.Message, event_wanted: str, query: str) -> None:
+    """A QBP of ``event_wanted`` (Q23 PIX, Q22 PDQ) with a QPD segment, or HL7Error (AR: wrong version,
+    type or event; AE: no QPD). The PIX and PDQ queries share this frame."""
+    check_header(message, PIX_QUERY_VERSIONS)
+    code, event = message_type(message)
+    if code != "QBP":
+        raise HL7Error("AR", f"message type {code} is not a {query} query", UNSUPPORTED_MESSAGE_TYPE,
+                       ErrorLocation("MSH", 1, 9))
+    if event != event_wanted:
+        raise HL7Error("AR", f"QBP event {event or '(none)'} is not supported here; the {query} query is "
+                             f"QBP^{event_wanted}", UNSUPPORTED_EVENT_CODE, ErrorLocation("MSH", 1, 9))
+    if not has_segment(message, "QPD"):
+        raise HL7Error("AE", "the query has no QPD segment", REQUIRED_FIELD_MISSING, ErrorLocation("QPD"))
 
 
 def parse_pix_query(message: hl7.Message) -> PixQuery:
     """The query of a QBP^Q23, or HL7Error (AR: wrong type/version; AE: QPD content)."""
-    check_header(message, PIX_QUERY_VERSIONS)
-    code, event = message_type(message)
-    if code != "QBP":
-        raise HL7Error("AR", f"message type {code} is not a PIX query", UNSUPPORTED_MESSAGE_TYPE,
-                       ErrorLocation("MSH", 1, 9))
-    if event != "Q23":
-        raise HL7Error("AR", f"QBP event {event or '(none)'} is not supported; the PIX query is QBP^Q23",
-                       UNSUPPORTED_EVENT_CODE, ErrorLocation("MSH", 1, 9))
-    if not has_segment(message, "QPD"):
-        raise HL7Error("AE", "the query has no QPD segment", REQUIRED_FIELD_MISSING, ErrorLocation("QPD"))
+    check_qbp(message, "Q23", "PIX")
     identifier = cx_at(message, "QPD", 3, 1)
     if identifier is None or not identifier.id:
-        raise _qpd_error("QPD-3 has no patient identifier (CX-1)", REQUIRED_FIELD_MISSING, 3, 1, 1)
+        raise qpd_error("QPD-3 has no patient identifier (CX-1)", REQUIRED_FIELD_MISSING, 3, 1, 1)
     if not (identifier.authority_oid or identifier.authority_namespace):
-        raise _qpd_error(f"QPD-3 identifier {identifier.id!r} has no assigning authority (CX-4)",
+        raise qpd_error(f"QPD-3 identifier {identifier.id!r} has no assigning authority (CX-4)",
                          REQUIRED_FIELD_MISSING, 3, 1, 4)
     domains = []
     for rep in range(1, repetition_count(message, "QPD", 4) + 1):
@@ -86,7 +92,7 @@ def parse_pix_query(message: hl7.Message) -> PixQuery:
         if domain is None:
             continue
         if not (domain.authority_oid or domain.authority_namespace):
-            raise _qpd_error(f"QPD-4 repetition {rep} names no assigning authority (CX-4)",
+            raise qpd_error(f"QPD-4 repetition {rep} names no assigning authority (CX-4)",
                              REQUIRED_FIELD_MISSING, 4, rep, 4)
         domains.append(domain)
     return PixQuery(identifier, tuple(domains))
@@ -119,17 +125,17 @@ async def _recognised(conn: asyncpg.Connection, registry: Registry, domain: Iden
 async def answer_pix_query(conn: asyncpg.Connection, registry: Registry, query: PixQuery) -> list[Identifiable]:
     """The other identifiers of the queried patient in the requested domains; HL7Error for cases 3-5."""
     if not await _recognised(conn, registry, query.identifier):
-        raise _qpd_error(f"assigning authority of {query.identifier.to_cx()} is not known to this PIX manager",
+        raise qpd_error(f"assigning authority of {query.identifier.to_cx()} is not known to this PIX manager",
                          UNKNOWN_KEY_IDENTIFIER, 3, 1, 4)
     for rep, domain in enumerate(query.domains, start=1):
         if not await _recognised(conn, registry, domain):
             name = domain.authority_oid or domain.authority_namespace
-            raise _qpd_error(f"requested domain {name} (QPD-4 repetition {rep}) is not known to this PIX manager",
+            raise qpd_error(f"requested domain {name} (QPD-4 repetition {rep}) is not known to this PIX manager",
                              UNKNOWN_KEY_IDENTIFIER, 4, rep, 4)
     _, state = await patient_of(conn, query.identifier)
     if state is not PatientIdState.KNOWN:
         why = "was merged into another patient" if state is PatientIdState.MERGED else "is not known"
-        raise _qpd_error(f"patient identifier {query.identifier.to_cx()} {why}", UNKNOWN_KEY_IDENTIFIER, 3, 1, 1)
+        raise qpd_error(f"patient identifier {query.identifier.to_cx()} {why}", UNKNOWN_KEY_IDENTIFIER, 3, 1, 1)
     wanted = [d for domain in query.domains for d in (domain.authority_oid, domain.authority_namespace) if d]
     return await cross_references(conn, query.identifier, wanted or None)
 
