@@ -223,6 +223,26 @@ def _range(value: str) -> tuple[str | None, str | None, bool]:
 Test = Callable[[str], bool]
 
 
+def _range_test(value: str, what: str, parse: Callable[[str, bool], Any], form: str, noun: str) -> Test:
+    """A DA/TM/DT match: ``value`` is one value or a range (either end open); ``parse(text, upper)`` gives
+    a comparable bound (``upper`` widens a partial value to the end of its span). A stored value that
+    does not parse does not match."""
+    low, high, _ = _range(value)
+    try:
+        lo = parse(low, False) if low else None
+        hi = parse(high, True) if high else None
+    except ValueError:
+        raise QueryError(f"{what}: {value!r} is not {form} or a {noun} range") from None
+
+    def test(v: str) -> bool:
+        try:
+            stored = parse(v, False)
+        except ValueError:
+            return False
+        return (lo is None or stored >= lo) and (hi is None or stored <= hi)
+    return test
+
+
 def value_test(vr: str, value: str, keyword: str) -> Test:
     """The test one stored value must pass to match the query ``value`` of an attribute of ``vr``."""
     what = keyword
@@ -233,49 +253,11 @@ def value_test(vr: str, value: str, keyword: str) -> Test:
         wanted = frozenset(uids)
         return lambda v: v.strip() in wanted
     if vr == "DA":
-        low, high, _ = _range(value)
-        try:
-            lo, hi = (_date(low) if low else None), (_date(high) if high else None)
-        except ValueError:
-            raise QueryError(f"{what}: {value!r} is not a date (YYYYMMDD) or a date range") from None
-
-        def test_date(v: str) -> bool:
-            try:
-                d = _date(v)
-            except ValueError:
-                return False
-            return (lo is None or d >= lo) and (hi is None or d <= hi)
-        return test_date
+        return _range_test(value, what, lambda v, _upper: _date(v), "a date (YYYYMMDD)", "date")
     if vr == "TM":
-        low, high, _ = _range(value)
-        try:
-            tlo = _time_bounds(low, False) if low else None
-            thi = _time_bounds(high, True) if high else None
-        except ValueError:
-            raise QueryError(f"{what}: {value!r} is not a time (HHMMSS.FFFFFF) or a time range") from None
-
-        def test_time(v: str) -> bool:
-            try:
-                t = _time_bounds(v, False)
-            except ValueError:
-                return False
-            return (tlo is None or t >= tlo) and (thi is None or t <= thi)
-        return test_time
+        return _range_test(value, what, _time_bounds, "a time (HHMMSS.FFFFFF)", "time")
     if vr == "DT":
-        low, high, _ = _range(value)
-        try:
-            dlo = _datetime(low, False) if low else None
-            dhi = _datetime(high, True) if high else None
-        except ValueError:
-            raise QueryError(f"{what}: {value!r} is not a datetime (YYYYMMDDHHMMSS) or a datetime range") from None
-
-        def test_dt(v: str) -> bool:
-            try:
-                d = _datetime(v, False)
-            except ValueError:
-                return False
-            return (dlo is None or d >= dlo) and (dhi is None or d <= dhi)
-        return test_dt
+        return _range_test(value, what, _datetime, "a datetime (YYYYMMDDHHMMSS)", "datetime")
     if vr in NUMBER_VRS:
         try:
             number = float(value)
