@@ -16,6 +16,7 @@ import multiprocessing
 import os
 from multiprocessing.process import BaseProcess
 
+from ihe import tls
 from ihe.database import create_pool
 from imaging_source.settings import ImagingSourceSettings
 from imaging_source.storage import FileStorage
@@ -50,6 +51,7 @@ def stop_workers(workers: list[BaseProcess]) -> None:
 def _worker(settings: ImagingSourceSettings, database_url: str, parent: int) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+    tls.configure(settings)  # checked by the main process already
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, database_url, parent))
 

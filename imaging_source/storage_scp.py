@@ -21,6 +21,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ihe import tls
 from imaging_source.group_commit import GroupCommitWriter
 from imaging_source.ingest import RejectedInstance, StoredInstance, prepare
 from imaging_source.storage import FileStorage
@@ -129,10 +130,14 @@ def start_storage_scp(storage: FileStorage, pool: asyncpg.Pool, loop: asyncio.Ab
     writer = GroupCommitWriter(storage, pool, loop)
     writer.start()
     handlers = [(evt.EVT_C_STORE, make_store_handler(storage, pool, loop, config, on_stored, writer))]
-    if not shared_port:
+    node_tls = tls.node()
+    if not shared_port and node_tls is None:
         server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
         assert server is not None
         return server
-    server = ae.make_server((config.host, config.port), evt_handlers=handlers, server_class=_SharedPortServer)
+    # DICOM over TLS (ITI-19): the handshake in each association's thread (ihe.tls.socketserver_class)
+    server_class = tls.socketserver_class(_SharedPortServer if shared_port else ThreadedAssociationServer,
+                                          node_tls, log, f"DICOM {config.ae_title}")
+    server = ae.make_server((config.host, config.port), evt_handlers=handlers, server_class=server_class)
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer:{config.port}", daemon=True).start()
     return server

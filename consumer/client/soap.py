@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from lxml import etree
 
+from ihe import tls
 from ihe.mtom import (
     Attachment,
     MemorySink,
@@ -85,7 +86,7 @@ class SoapClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout, read_bufsize=READ_BUFSIZE,
-                                                  connector=aiohttp.TCPConnector(limit=64))
+                                                  connector=tls.connector(limit=64))
         return self._session
 
     async def close(self) -> None:
@@ -130,10 +131,14 @@ class SoapClient:
             async with self.session.post(url, data=data, headers=headers) as response:
                 return await self._read_response(response, open_sink or _memory_sink)
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect to {url}: {exc.os_error or exc}", delivered=False) from None
+            why = tls.reason(exc)
+            raise TransportError(tls.explain(exc, url) if why else f"cannot connect to {url}: {exc.os_error or exc}",
+                                 delivered=False) from None
         except MTOMError as exc:
             raise TransportError(f"malformed MTOM answer from {url}: {exc}", delivered=True) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if tls.reason(exc):  # TLS 1.3: a refused client certificate shows after the handshake, at the first read
+                raise TransportError(tls.explain(exc, url), delivered=False) from None
             raise TransportError(f"no answer from {url}: {type(exc).__name__} {exc}".strip(), delivered=True) from None
 
     async def _read_response(self, response: aiohttp.ClientResponse, open_sink: SinkFactory) -> SoapResult:

@@ -31,6 +31,7 @@ from consumer.portal.sessions import (
     set_session_cookie,
 )
 from consumer.portal.settings import PortalSettings
+from ihe import tls
 from ihe.database import create_pool
 from ihe.http import database_health
 from schemas import migrate
@@ -311,7 +312,8 @@ async def open_portal(settings: PortalSettings, database_url: str) -> Portal:
         applied = await migrate(conn, "portal")
     if applied:
         log.info("applied portal migrations: %s", ", ".join(applied))
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300))
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+                                 connector=tls.connector())
     soap = SoapClient(timeout=300, connect_timeout=10)
     oidc = OidcClient(settings) if settings.oidc_issuer else None
     return Portal(settings=settings, pool=pool, http=http, soap=soap, oidc=oidc)
@@ -331,7 +333,7 @@ async def serve(settings: PortalSettings, database_url: str, ready: asyncio.Even
     portal = await open_portal(settings, database_url)
     runner = web.AppRunner(build_app(portal), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = tls.site(runner, settings.host, settings.port, tls.node(), reuse_port=True)
     await site.start()
     portal.extras["purge"] = asyncio.create_task(_purge_sessions(portal))
     print(f"portal: {settings.base_url}/ (sign-in via {settings.oidc_issuer or 'no identity provider'}; "
