@@ -10,7 +10,7 @@ Failures become one line that says which side, which peer and what was wrong (no
 expired, another CA, not pinned): :func:`explain` on the client side, :func:`describe_refusal` in the
 listeners' logs. asyncio logs a failed server-side handshake nowhere (an ``OSError`` goes to its
 debug log only), so listeners accept plain TCP and run the handshake themselves
-(:func:`gate_protocol`): then a refusal is logged, a slow handshake cannot hold the accept loop and
+(:class:`GatedServer`): then a refusal is logged, a slow handshake cannot hold the accept loop and
 the pins are checked before the application sees a byte.
 """
 
@@ -326,72 +326,95 @@ def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
         protocol.data_received(data)  # type: ignore[attr-defined]
 
 
-class _Gate(asyncio.Protocol):
-    """Accepts plain TCP, runs the TLS handshake, checks the pins, then hands the TLS transport to the
-    application's protocol. Refusals are logged in one line (``logger``)."""
+class GatedServer:
+    """A TLS listener that accepts plain TCP itself and runs each handshake in a task of its own
+    (``loop.connect_accepted_socket``, which raises on a failed handshake where ``create_server(ssl=...)``
+    stays silent, on asyncio and uvloop alike): a refusal is logged in one line naming the peer, a slow
+    handshake holds nothing but its own task, and the pins are checked before the application's
+    protocol sees a byte. Has the parts of ``asyncio.Server`` its users need (``sockets``, ``close``)."""
 
-    def __init__(self, factory: Callable[[], asyncio.BaseProtocol], node_tls: NodeTls, logger: logging.Logger,
-                 what: str, tell: Callable[[str], bytes] | None = None) -> None:
-        self.factory = factory
-        self.tell = tell
-        self.node_tls = node_tls
-        self.logger = logger
-        self.what = what
-        self.task: asyncio.Task | None = None
+    def __init__(self, sock: Any, factory: Callable[[], asyncio.BaseProtocol], node_tls: NodeTls,
+                 logger: logging.Logger, what: str, tell: Callable[[str], bytes] | None) -> None:
+        self.sockets = [sock]
+        self._factory, self._node_tls, self._logger, self._what, self._tell = factory, node_tls, logger, what, tell
+        self._handshakes: set[asyncio.Task] = set()
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]  # start_tls reads from here on
-        self.task = asyncio.get_running_loop().create_task(self._handshake(transport))
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        pass  # the handshake task sees it
-
-    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
+    async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
-        peername = transport.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        sock = self.sockets[0]
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:  # e.g. out of file descriptors: wait, do not spin or stop listening
+                self._logger.warning("%s: accept failed: %s", self._what, exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(conn, address))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: Any, address: Any) -> None:
+        loop = asyncio.get_running_loop()
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         holding = _Holding()
         try:
-            tls = await loop.start_tls(transport, holding, self.node_tls.server,  # type: ignore[arg-type]
-                                       server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-            if tls is None:
-                raise ConnectionResetError("connection closed during the handshake")
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: holding, conn, ssl=self._node_tls.server, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self.logger.warning("%s: %s", self.what, describe_refusal(exc, peer))
-            transport.close()
+            self._logger.warning("%s: %s", self._what, describe_refusal(exc, peer))
+            conn.close()
             return
-        except asyncio.CancelledError:
-            transport.close()
-            raise
         try:
-            check_pins(tls.get_extra_info("ssl_object"), self.node_tls.pins, f"client {peer}")
+            check_pins(transport.get_extra_info("ssl_object"), self._node_tls.pins, f"client {peer}")
         except PeerRefused as exc:
             line = describe_refusal(exc, peer)
-            self.logger.warning("%s: %s", self.what, line)
-            if self.tell is not None:  # the handshake succeeded: the client can be told why, in its protocol
-                tls.write(self.tell(line))
-            tls.close()
+            self._logger.warning("%s: %s", self._what, line)
+            if self._tell is not None:  # the handshake succeeded: the client can be told why, in its protocol
+                transport.write(self._tell(line))
+            transport.close()
             return
-        protocol = self.factory()
-        tls.set_protocol(protocol)  # type: ignore[arg-type]
-        protocol.connection_made(tls)
+        protocol = self._factory()
+        transport.set_protocol(protocol)  # type: ignore[arg-type]
+        protocol.connection_made(transport)
         for chunk in holding.data:
             _feed(protocol, chunk)
         if holding.eof and not protocol.eof_received():  # type: ignore[attr-defined]
-            tls.close()
+            transport.close()
         if holding.lost is not False:
             protocol.connection_lost(None if holding.lost is True else holding.lost)  # type: ignore[arg-type]
 
+    def is_serving(self) -> bool:
+        return not self._accepting.done()
 
-def gate_protocol(factory: Callable[[], asyncio.BaseProtocol], node_tls: NodeTls | None,
-                  logger: logging.Logger | None = None, what: str = "listener",
-                  tell: Callable[[str], bytes] | None = None) -> Callable[[], asyncio.BaseProtocol]:
-    """The protocol factory to give ``loop.create_server`` for a listener: ``factory`` itself when TLS is
-    off, else one that does the handshake first (see the module's docstring). ``tell`` turns the line
-    refusing an unpinned client into bytes of the listener's protocol, sent before closing."""
+    def close(self) -> None:
+        self._accepting.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(self._accepting, *self._handshakes, return_exceptions=True)
+
+
+async def create_server(factory: Callable[[], asyncio.BaseProtocol], host: str, port: int,
+                        node_tls: NodeTls | None, *, logger: logging.Logger | None = None, what: str = "listener",
+                        tell: Callable[[str], bytes] | None = None, reuse_port: bool | None = None,
+                        backlog: int = 128, **kwargs: Any) -> Any:
+    """``loop.create_server(factory, host, port)`` when ``node_tls`` is None, else a :class:`GatedServer`
+    (mutual TLS). ``tell`` turns the line refusing an unpinned client into bytes of the listener's
+    protocol, sent before closing."""
+    loop = asyncio.get_running_loop()
     if node_tls is None:
-        return factory
-    return lambda: _Gate(factory, node_tls, logger or log, what, tell)
+        return await loop.create_server(factory, host, port, reuse_port=reuse_port, backlog=backlog, **kwargs)
+    import socket
+
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.create_server(address, family=family, backlog=backlog, reuse_port=bool(reuse_port))
+    sock.setblocking(False)
+    return GatedServer(sock, factory, node_tls, logger or log, what, tell)
 
 
 def http_refusal(line: str) -> bytes:
@@ -412,10 +435,9 @@ def site(runner: Any, host: str, port: int, node_tls: NodeTls | None, *, what: s
     class TlsSite(web.TCPSite):
         async def start(self) -> None:
             await web.BaseSite.start(self)
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                gate_protocol(self._runner.server, node_tls, logger, what, http_refusal), self._host, self._port,
-                backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+            self._server = await create_server(
+                self._runner.server, self._host, self._port, node_tls, logger=logger, what=what,
+                tell=http_refusal, reuse_port=self._reuse_port, backlog=self._backlog)
 
         @property
         def name(self) -> str:
