@@ -107,12 +107,28 @@ def _check_own_material(config: TlsConfig) -> None:
         raise TlsSetupError(f"TLS certificate {config.cert} is not a PEM certificate: {exc}") from None
     now = dt.datetime.now(dt.UTC)
     leaf = certs[0]
+    try:
+        cas = x509.load_pem_x509_certificates(config.ca.read_bytes())
+    except (ValueError, OSError) as exc:
+        raise TlsSetupError(f"TLS CA file {config.ca} holds no PEM certificate: {exc}") from None
+    issuers = [*certs[1:], *cas]
+    if not any(_issued_by(leaf, ca) for ca in issuers):
+        raise TlsSetupError(f"TLS certificate {config.cert} ({leaf.subject.rfc4514_string()}) is not issued by the "
+                            f"CA in {config.ca} ({leaf.issuer.rfc4514_string()} is): peers would refuse it")
     if leaf.not_valid_after_utc < now:
         raise TlsSetupError(f"TLS certificate {config.cert} ({leaf.subject.rfc4514_string()}) expired on "
                             f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_before_utc > now:
         raise TlsSetupError(f"TLS certificate {config.cert} is not valid before "
                             f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+
+
+def _issued_by(cert: Any, issuer: Any) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:  # InvalidSignature, or another key type: not this issuer
+        return False
+    return True
 
 
 def _base_context(config: TlsConfig, purpose: int) -> ssl.SSLContext:
@@ -135,8 +151,15 @@ def _base_context(config: TlsConfig, purpose: int) -> ssl.SSLContext:
 
 
 def server_context(config: TlsConfig) -> ssl.SSLContext:
-    """For listeners: TLS 1.2+, strong suites, a client certificate from the trusted CA required."""
-    return _base_context(config, ssl.PROTOCOL_TLS_SERVER)
+    """For listeners: TLS 1.2+, strong suites, a client certificate from the trusted CA.
+
+    A certificate that is presented must verify (else the handshake fails); that one is presented at
+    all is checked right after the handshake (:func:`check_pins`), not by OpenSSL (``CERT_OPTIONAL``):
+    asyncio drops the alert of a failed server handshake, so a client would only see the connection
+    close, while after the handshake the listener can tell it why in its own protocol (HTTP 403)."""
+    ctx = _base_context(config, ssl.PROTOCOL_TLS_SERVER)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
 
 
 def client_context(config: TlsConfig) -> ssl.SSLContext:
@@ -174,6 +197,12 @@ def configure(settings: Any) -> NodeTls | None:
     return _node
 
 
+def reset() -> None:
+    """Back to plain TCP for this process's clients (tests that configured a TLS identity)."""
+    global _node
+    _node = None
+
+
 def startup_problem(settings: Any) -> str | None:
     """:func:`configure`, for a CLI: the one line to print before exiting 2, or None when all is well."""
     try:
@@ -201,12 +230,15 @@ def client_ssl() -> ssl.SSLContext | None:
 
 
 def check_pins(ssl_object: Any, pins: frozenset[str], peer: str) -> None:
-    """Raise PeerRefused unless the peer's certificate is one of ``pins`` (no pins: any from the CA)."""
-    if not pins or ssl_object is None:
+    """Raise PeerRefused unless the peer presented a certificate (ssl verified it against the CA) and,
+    when there are ``pins``, it is one of them."""
+    if ssl_object is None:
         return
     der = ssl_object.getpeercert(binary_form=True)
     if der is None:
-        raise PeerRefused(f"{peer} presented no certificate")
+        raise PeerRefused(f"{peer} presented no certificate; a certificate of the affinity domain is required")
+    if not pins:
+        return
     got = fingerprint(der)
     if got not in pins:
         raise PeerRefused(f"certificate of {peer} (SHA-256 {got}) is not one of the pinned certificates")
@@ -232,7 +264,7 @@ _ALERTS = {  # what the other side's alert means, seen from this side
 
 
 def _verify_reason(exc: ssl.SSLCertVerificationError) -> str:
-    code, message = exc.verify_code, exc.verify_message or str(exc)
+    code, message = getattr(exc, "verify_code", None), getattr(exc, "verify_message", None) or str(exc)
     if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
         return "its certificate has expired"
     if code == 9:
@@ -247,7 +279,10 @@ def _verify_reason(exc: ssl.SSLCertVerificationError) -> str:
 def _ssl_error(exc: BaseException | None) -> BaseException | None:
     seen = 0
     while exc is not None and seen < 8:
-        if isinstance(exc, (ssl.SSLError, PeerRefused, ssl.CertificateError)):
+        inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)  # aiohttp's wrappers
+        if isinstance(inner, (ssl.SSLError, PeerRefused)):
+            return inner
+        if isinstance(exc, (ssl.SSLError, PeerRefused)):
             return exc
         exc = exc.__cause__ or exc.__context__ or next(
             (a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)), None)
@@ -269,6 +304,10 @@ def reason(exc: BaseException) -> str | None:
         if key in text:
             return words
     return str(found)
+
+
+CLOSED_AFTER_HANDSHAKE = ("the server closed the connection without an answer, as it does when it refuses this "
+                          "node's certificate (expired, or not issued by its CA): see the server's log")
 
 
 def explain(exc: BaseException, peer: str) -> str:
@@ -424,13 +463,14 @@ def http_refusal(line: str) -> bytes:
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-def site(runner: Any, host: str, port: int, node_tls: NodeTls | None, *, what: str = "HTTP",
+def site(runner: Any, host: str, port: int, node_tls: NodeTls | None, *, what: str | None = None,
          logger: logging.Logger | None = None, **kwargs: Any) -> Any:
     """An aiohttp site for ``runner`` on ``host:port``: plain, or mutual TLS through the handshake gate."""
     from aiohttp import web
 
     if node_tls is None:
         return web.TCPSite(runner, host, port, **kwargs)
+    what = what or f"HTTPS port {port}"
 
     class TlsSite(web.TCPSite):
         async def start(self) -> None:

@@ -106,8 +106,8 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     task = asyncio.create_task(tracker.run())
     print(f"imaging source: HTTP (RAD-69 {rad69.PATH}, WADO-URI {wado_uri.PATH}, WADO-RS {wado_rs.PREFIX}, /status) "
           f"at {tls.scheme()}://{settings.host}:{settings.port}", flush=True)
-    print(f"imaging source: DICOM Storage SCP {settings.ae_title} at {settings.dicom_host}:{settings.dicom_port}",
-          flush=True)
+    print(f"imaging source: DICOM Storage SCP {settings.ae_title} at {settings.dicom_host}:{settings.dicom_port}"
+          f"{' over mutual TLS' if tls.node() else ''}", flush=True)
     if ready is not None:
         ready.set()
     try:

@@ -117,7 +117,8 @@ async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: boo
 
         mllp = await start_patient_feed(registry)
         print(f"registry: ITI-42/ITI-18 at {tls.scheme()}://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
-        print(f"registry: ITI-8/ITI-9/ITI-21 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}", flush=True)
+        print(f"registry: ITI-8/ITI-9/ITI-21 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}"
+              f"{' over mutual TLS' if tls.node() else ''}", flush=True)
     try:
         await stop.wait()
     finally:

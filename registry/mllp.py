@@ -98,4 +98,5 @@ async def start_mllp_server(host: str, port: int, handler: Handler,
     def framing() -> HL7StreamProtocol:  # as python-hl7's start_hl7_server builds it, so the TLS gate can wrap it
         return HL7StreamProtocol(HL7StreamReader(limit=MAX_MESSAGE_BYTES, loop=loop), on_connect, loop=loop)
 
-    return await tls.create_server(framing, host, port, node_tls, logger=log, what="MLLP", reuse_address=True)
+    return await tls.create_server(framing, host, port, node_tls, logger=log, what=f"MLLP port {port}",
+                                   reuse_address=True)

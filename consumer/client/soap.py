@@ -7,6 +7,7 @@ between "not delivered" and "outcome unknown" are handled once.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +140,10 @@ class SoapClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if tls.reason(exc):  # TLS 1.3: a refused client certificate shows after the handshake, at the first read
                 raise TransportError(tls.explain(exc, url), delivered=False) from None
+            reset = isinstance(exc, aiohttp.ServerDisconnectedError) or getattr(exc, "errno", None) == errno.ECONNRESET
+            if reset and url.startswith("https:"):
+                # asyncio drops a TLS server's alert: after a TLS 1.3 handshake a refusal looks like this
+                raise TransportError(f"TLS to {url}: {tls.CLOSED_AFTER_HANDSHAKE}", delivered=True) from None
             raise TransportError(f"no answer from {url}: {type(exc).__name__} {exc}".strip(), delivered=True) from None
 
     async def _read_response(self, response: aiohttp.ClientResponse, open_sink: SinkFactory) -> SoapResult:
