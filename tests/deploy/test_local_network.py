@@ -245,6 +245,7 @@ def test_the_portal_signs_in_the_demo_user_and_lists_a_patients_documents_from_e
     # within the same second is refused (HTTP 500, UNIQUE constraint). The previous test just had one.
     time.sleep(1.5)
     browser = requests.Session()
+    browser.trust_env = False  # else REQUESTS_CA_BUNDLE from the environment overrides the session's verify
     browser.cert, browser.verify = network["tls"].requests_args()["cert"], network["tls"].requests_args()["verify"]
     page = browser.get(portal + "/login", timeout=30)  # -> the provider's login page
     for field, value in (("login", "demo"), ("password", password)):
