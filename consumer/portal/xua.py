@@ -185,6 +185,20 @@ class PortalXua:
             raise web.HTTPForbidden(text=str(exc)) from None
 
 
+def xua_problem(settings) -> str | None:
+    """Why the ``--xua-*`` options cannot be used (checked at start, one line), or None. A trial assertion is
+    signed, so a key that does not match its certificate or is no RSA key is found now, not at the first user."""
+    try:
+        xua = PortalXua.from_settings(settings)
+        if xua is not None:
+            xua.assertion(Caller(PortalSession("start-up check", next(iter(xua.roles)), "check", "", "check")))
+    except (OSError, ValueError) as exc:
+        return f"XUA signing: {exc}"
+    except Exception as exc:  # xmlsec's errors: a key it cannot load or use
+        return f"XUA signing: the key or certificate cannot sign ({type(exc).__name__}: {exc})"
+    return None
+
+
 def caller_middleware() -> Callable:
     """Sets :data:`CALLER` to the request's signed-in user for everything the handler calls."""
 

@@ -108,3 +108,18 @@ def test_organisation_ids_are_urn_oids():
     assert parse_organisation_ids("A=1.2.3; B=urn:oid:1.2.4") == {"A": "urn:oid:1.2.3", "B": "urn:oid:1.2.4"}
     with pytest.raises(ValueError, match="NAME=OID"):
         parse_organisation_ids("A=hospital")
+
+
+def test_a_signing_key_that_cannot_sign_is_refused_at_start(keys, tmp_path):
+    from consumer.portal.xua import xua_problem
+
+    _signer, folder = keys
+    good = PortalSettings.from_dict({"xua_signing_key": str(folder / "portal.key"),
+                                     "xua_signing_cert": str(folder / "portal.pem")})
+    assert xua_problem(good) is None
+    (tmp_path / "bad.pem").write_text("not a key\n")
+    bad = PortalSettings.from_dict({"xua_signing_key": str(tmp_path / "bad.pem"),
+                                    "xua_signing_cert": str(folder / "portal.pem")})
+    assert "cannot sign" in xua_problem(bad)
+    alone = PortalSettings.from_dict({"xua_signing_key": str(folder / "portal.key")})
+    assert "go together" in xua_problem(alone)
