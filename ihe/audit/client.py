@@ -3,7 +3,8 @@
 The serving side is audited by :mod:`ihe.audit.middleware`; IHE asks both ends of a transaction to
 record it, so every SOAP client of the network (the portal as Document Consumer, a repository
 forwarding ITI-42, an imaging source publishing with RAD-68) hands its exchanges to a
-:class:`ClientAudit` (``consumer.client.soap.SoapClient(on_exchange=...)``).
+:class:`ClientAudit` (``consumer.client.soap.SoapClient(on_exchange=...)``), and each refused assertion becomes a Security
+Alert (:func:`install_xua_alerts` hooks ``ihe.xua.web.FAILURE_HOOKS``).
 """
 
 from __future__ import annotations
@@ -36,10 +37,8 @@ ExtraObjects = Callable[[], Iterable[ParticipantObject]]
 def exchange_outcome(result_body: etree._Element | None, error: BaseException | None) -> str:
     """A SOAP exchange's EventOutcomeIndicator: no answer is a serious failure, a fault or a Failure /
     PartialSuccess RegistryResponse a minor one."""
-    if error is not None:
-        from consumer.client.soap import SoapFaultError
-
-        return OUTCOME_MINOR if isinstance(error, SoapFaultError) else OUTCOME_SERIOUS
+    if error is not None:  # a SOAP Fault (consumer.client.soap.SoapFaultError carries it) is an answer
+        return OUTCOME_MINOR if getattr(error, "fault", None) is not None else OUTCOME_SERIOUS
     status = result_body.get("status", "") if result_body is not None else ""
     return OUTCOME_MINOR if status.endswith((":Failure", ":PartialSuccess")) else OUTCOME_SUCCESS
 

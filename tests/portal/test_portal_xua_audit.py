@@ -45,6 +45,7 @@ from tests.portal.conftest import (
     start_portal_process,
     valid_nhs_number,
 )
+from tests.portal.test_import import PACS_AE, StorageSCP
 from tests.portal.test_portal_http import PDF, _record_patient
 from tests.repository.conftest import start_repository_process
 from tests.xua_keys import CLINICIAN, make_signer
@@ -70,6 +71,7 @@ class Region:
     study_uid: str
     ct: pydicom.Dataset
     adt_patient: str
+    pacs: StorageSCP
 
 
 def _cx(value: str, oid: str) -> str:
@@ -124,6 +126,8 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
     migrate_audit(registry_database_url)
     started: list[RunningService] = []
     tag = uuid.uuid4().hex[:8]
+    pacs = StorageSCP(free_port())  # Hospital A's PACS, for the portal's import (RAD-69 as the user)
+    pacs.start()
 
     def audit_args(node: str) -> tuple[str, ...]:
         return ("--audit-repository", audit.url, "--audit-ca-file", str(creds.audit_cert), "--audit-spool-dir",
@@ -198,6 +202,7 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
             "--oidc-client-id", f"xua-{tag}", "--oidc-client-secret", CLIENT_SECRET,
             "--oidc-role-claim", "groups:role-", "--oidc-organisation-claim", "groups:org-",
             "--admin-role", "clinician", "--query-deadline", "20",
+            "--pacs", f"Hospital A|127.0.0.1|{pacs.port}|{PACS_AE}",
             "--xua-signing-key", str(creds.xua_key), "--xua-signing-cert", str(creds.xua_cert),
             "--xua-issuer", creds.xua_issuer, "--xua-organisation-ids", "Hospital A=1.2.826.0.1.99",
             *audit_args("portal"), "--audit-database-url", registry_database_url)
@@ -205,10 +210,11 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
         assert CLIENT_ID  # the module's own client id (xua-TAG) keeps it apart from the other portal tests
         browser = sign_in(iam_server, client, user, portal.url)
         yield Region(tag, registry_database_url, creds, registry, repository, imaging, portal, browser, nhs, number,
-                     entry.unique_id, str(ct.StudyInstanceUID), ct, adt_patient)
+                     entry.unique_id, str(ct.StudyInstanceUID), ct, adt_patient, pacs)
     finally:
         for service in reversed(started):
             service.stop()
+        pacs.stop()
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +237,20 @@ def used(region):
                                             "hospital_number": region.hospital_number, "csrf_token": csrf},
                        allow_redirects=False, timeout=60)
     assert by_number.status_code == 303, by_number.text[:500]  # PIX (ITI-9) found the NHS number
+    manifest = next(r for r in listing["rows"] if r["kind"] == "imaging")
+    queued = b.post(f"{p}/imports", data={"patient_id": region.nhs, "csrf_token": csrf,
+                                          "repository_unique_id": manifest["repository_unique_id"],
+                                          "document_unique_id": manifest["document_unique_id"]},
+                    allow_redirects=False, timeout=60)
+    assert queued.status_code == 303, queued.text[:500]
+    deadline = time.monotonic() + 90
+    while True:  # the import runs in the portal's background, as the user who queued it
+        jobs = b.get(f"{p}/api/imports", timeout=30).json()["imports"]
+        if (jobs and jobs[0]["state"] in ("imported", "failed")) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert jobs[0]["state"] == "imported", jobs
+    assert str(region.ct.SOPInstanceUID) in region.pacs.received
 
     # RAD-69 as the portal's import makes it: the user's assertion from the portal's key.
     xua = portal_xua(region.creds)
@@ -299,6 +319,10 @@ def test_every_event_type_is_in_the_audit_repository_with_its_participant_object
     retrieved = of_type(portal, "ITI-43")
     assert any(region.pdf in r["object_ids"] for r in retrieved)
     assert all(r["event_id"] == "110107" for r in retrieved)  # Import, at the consumer
+    portal = wait_for(url, f"portal-{tag}", {"RAD-69"})
+    imported = of_type(portal, "RAD-69")[0]  # the import job's retrieve, as the user who queued it
+    assert imported["event_id"] == "110107" and region.study_uid in imported["object_ids"]
+    assert "Dr Ada Lovelace" in imported["user_id"] and cx in imported["patient_ids"]
 
     registry = wait_for(url, f"registry-{tag}", {"ITI-8", "ITI-9", "ITI-18", "ITI-42", "110126", "110132"})
     assert of_type(registry, "ITI-8")[0]["patient_ids"] == [region.adt_patient]
@@ -320,6 +344,7 @@ def test_every_event_type_is_in_the_audit_repository_with_its_participant_object
     rad68 = of_type(imaging, "RAD-68")[0]
     assert rad68["event_id"] == "110106" and cx in rad68["patient_ids"]
     assert region.study_uid in of_type(imaging, "RAD-69")[0]["object_ids"]
+    assert sum("Dr Ada Lovelace<" in (r["user_id"] or "") for r in of_type(imaging, "RAD-69")) == 2  # import, test
     assert all(region.study_uid in r["object_ids"] for r in of_type(imaging, "RAD-107"))
     assert any("Dr Ada Lovelace<" in (r["user_id"] or "") for r in of_type(imaging, "RAD-107"))
     assert any("Dr Ada Lovelace<" in (r["user_id"] or "") for r in of_type(imaging, "RAD-129"))
