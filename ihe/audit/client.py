@@ -3,8 +3,8 @@
 The serving side is audited by :mod:`ihe.audit.middleware`; IHE asks both ends of a transaction to
 record it, so every SOAP client of the network (the portal as Document Consumer, a repository
 forwarding ITI-42, an imaging source publishing with RAD-68) hands its exchanges to a
-:class:`ClientAudit` (``consumer.client.soap.SoapClient(on_exchange=...)``), and each refused assertion becomes a Security
-Alert (:func:`install_xua_alerts` hooks ``ihe.xua.web.FAILURE_HOOKS``).
+:class:`ClientAudit` (``consumer.client.soap.SoapClient(on_exchange=...)``); and each refused
+assertion becomes a Security Alert (:func:`install_xua_alerts` hooks ``ihe.xua.web.FAILURE_HOOKS``).
 """
 
 from __future__ import annotations
