@@ -42,9 +42,10 @@ SOURCE_FILES = {
 INSTANCES_PER_SERIES = 3
 FAMILY_NAMES = ("Smith", "Jones", "Taylor", "Brown")
 GIVEN_NAMES = ("Alice", "Brian", "Chloe", "David")
-# (patient index, hospital index, kind): every patient at two hospitals, every hospital used.
+# (patient index, hospital index, kind): every patient at two hospitals or more, every hospital used, and
+# the first patient at all three with a CT (the portal's story: one list from every hospital, a CT to open).
 STUDIES = ((0, 0, "CT"), (0, 1, "MR"), (1, 1, "US"), (1, 2, "CT"), (2, 2, "MR2"), (2, 0, "US"),
-           (3, 0, "MR"), (3, 2, "CT"))
+           (3, 0, "MR"), (3, 2, "CT"), (0, 2, "US"))
 
 
 @dataclass(frozen=True, slots=True)
