@@ -98,8 +98,11 @@ class Filters:
             except ValueError:
                 raise ValueError(f"{name} must be a date as YYYY-MM-DD, not {value!r}") from None
 
+        first, last = day("from"), day("to")
+        if first and last and first > last:
+            raise ValueError(f"the date range is empty: from {first} is after to {last}")
         return cls((query.get("hospital") or "").strip(), (query.get("modality") or "").strip(),
-                   (query.get("type") or "").strip(), day("from"), day("to"))
+                   (query.get("type") or "").strip(), first, last)
 
     def keep(self, row: Row) -> bool:
         if self.hospital and row.hospital != self.hospital:

@@ -33,7 +33,7 @@ UNREACHABLE = "source unreachable"
 WITHDRAWN = "withdrawn"
 DELETED = "deleted"
 HTTP_STATUS = {AVAILABLE: 200, UNKNOWN: 404, UNREACHABLE: 502, WITHDRAWN: 410, DELETED: 410}
-TITLES = {UNKNOWN: "Study not known", UNREACHABLE: "Images source unreachable",
+TITLES = {UNKNOWN: "Study not known", UNREACHABLE: "Image source unreachable",
           WITHDRAWN: "Study withdrawn by its source", DELETED: "Images no longer available"}
 
 

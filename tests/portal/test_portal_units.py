@@ -140,6 +140,36 @@ def test_filters():
         hospital="B", date_from=date(2021, 1, 1))
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         aggregate.Filters.from_query({"to": "31/12/2020"})
+    with pytest.raises(ValueError, match="from 2021-01-02 is after to 2021-01-01"):
+        aggregate.Filters.from_query({"from": "2021-01-02", "to": "2021-01-01"})
+    one_day = aggregate.Filters.from_query({"from": "2021-05-06", "to": "2021-05-06"})
+    assert keep(one_day) == ["b"]
+
+
+def test_study_state_of_a_study_its_source_no_longer_holds():
+    from consumer.portal import study_state as st
+
+    status = "urn:oasis:names:tc:ebxml-regrep:StatusType:"
+    withdrawn = st.gone_state("1.2.3", "Hospital A", "9.8.7", 3, status + "Deprecated")
+    assert (withdrawn.state, withdrawn.http_status) == ("withdrawn", 410)
+    assert withdrawn.title == "Study withdrawn by its source"
+    assert "Hospital A withdrew this study" in withdrawn.reason and "9.8.7" in withdrawn.reason
+    deleted = st.gone_state("1.2.3", "Hospital A", "9.8.7", 1, status + "Approved")
+    assert deleted.state == "deleted" and "lists 1 image and is still approved" in deleted.reason
+    unknown = st.gone_state("1.2.3", "Hospital A", "9.8.7", 2, None, "Region: TransportError: refused")
+    assert unknown.state == "deleted" and "could not be asked whether it was withdrawn" in unknown.reason
+    assert st.page_text([withdrawn, st.StudyState("4.5", "available")]) == f"Study 1.2.3: {withdrawn.reason}"
+
+
+def test_the_open_patients_studies_are_its_imaging_rows_study_uids_once_each():
+    from consumer.portal.patient_context import study_uids
+
+    def row(kind: str, study: str | None) -> aggregate.Row:
+        return aggregate.Row("", "0" * 14, "A", kind, "", "", "", "", "1", "d", "R", study_uid=study)
+
+    rows = [row("imaging", "1.2"), row("document", "9.9"), row("imaging", None), row("imaging", "1.3"),
+            row("imaging", "1.2")]
+    assert study_uids(rows) == ["1.2", "1.3"]
 
 
 def _kos(series: int = 2, per_series: int = 3) -> bytes:
