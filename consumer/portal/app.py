@@ -86,6 +86,11 @@ def _patient_or_400(request: web.Request, portal: Portal) -> str:
         raise web.HTTPBadRequest(text=str(exc)) from None
 
 
+def _can_import(settings: PortalSettings, session: PortalSession | None) -> bool:
+    """Import buttons only for a user whose hospital has a PACS to import into (and never of its own rows)."""
+    return bool(session and session.organisation and settings.pacs_of(session.organisation))
+
+
 def build_app(portal: Portal) -> web.Application:
     settings = portal.settings
 
@@ -221,7 +226,8 @@ def build_app(portal: Portal) -> web.Application:
         query = urlencode({k: v for k, v in request.query.items() if v})
         return render(request, "patient.html", status=400 if filter_error else 200, result=shown, rows=shown.rows,
                       filters=filters or aggregate.Filters(), filter_error=filter_error, choices=choices,
-                      query=query, filtered=bool(query))
+                      query=query, filtered=bool(query), total=len(everything.rows),
+                      can_import=_can_import(settings, request.get("session")))
 
     @routes.get("/api/patients/{patient_id}/documents")
     async def patient_json(request: web.Request) -> web.Response:

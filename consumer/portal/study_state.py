@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import aiohttp
 
 from consumer.client.query import get_documents
+from consumer.portal.aggregate import qido_study_uids
 from consumer.portal.context import Portal
 from consumer.portal.manifests import dicomweb_root
 from ihe.metadata.model import AvailabilityStatus
@@ -99,7 +100,7 @@ async def _newest_manifest(portal: Portal, study_uid: str):
 
 async def _source_has(portal: Portal, root: str, study_uid: str) -> bool:
     """QIDO-RS study search by UID at the source: does it still hold the study? (Errors propagate.)"""
-    async with portal.http.get(f"{root}/studies", params={"StudyInstanceUID": study_uid},
+    async with portal.http.get(f"{root}/studies", params={"StudyInstanceUID": study_uid, "includefield": "0020000D"},
                                headers={"Accept": "application/dicom+json"}, allow_redirects=False) as response:
         body = await response.read()
         if response.status == 204:
@@ -107,7 +108,7 @@ async def _source_has(portal: Portal, root: str, study_uid: str) -> bool:
         if response.status != 200:
             raise aiohttp.ClientResponseError(response.request_info, (), status=response.status,
                                               message=body.decode("utf-8", "replace")[:200] or response.reason)
-        return bool(body.strip()) and body.strip() != b"[]"
+        return study_uid in qido_study_uids(body)
 
 
 async def _manifest_status(portal: Portal, document_unique_id: str) -> tuple[str | None, str]:
@@ -148,7 +149,7 @@ async def study_state(portal: Portal, study_uid: str) -> StudyState:
         return StudyState(study_uid, UNREACHABLE, hospital, (
             f"{hospital}'s imaging source ({root}) did not answer within {portal.settings.query_deadline:g} s; "
             "try again later."), document)
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: an answer that is not DICOM JSON
         log.warning("imaging source %s unreachable for study %s: %s", root, study_uid, exc)
         what = f"it answered HTTP {exc.status}" if isinstance(exc, aiohttp.ClientResponseError) else \
             f"{type(exc).__name__}: {exc}"

@@ -218,6 +218,29 @@ def test_a_study_search_without_uid_covers_the_open_patients_studies_only(region
     assert named.status_code == 200 and region.uid("kept") in named.text
 
 
+def rows_of(region: Region, browser: requests.Session, **filters) -> dict[str, dict]:
+    """The patient's list (JSON twin) by study name."""
+    answer = browser.get(f"{region.portal.url}/api/patients/{region.nhs}/documents", params=filters, timeout=60)
+    assert answer.status_code == 200, answer.text[:500]
+    names = {region.uid(n): n for n in region.studies}
+    return {names[r["study_uid"]]: r for r in answer.json()["rows"]}
+
+
+def test_the_list_as_a_clinician_reads_it(region, browser):
+    rows = rows_of(region, browser)
+    assert set(rows) == {"kept", "withdrawn", "deleted", "far"}
+    assert {r["status"] for r in rows.values()} == {"available"}  # every imaging source holds its study
+    assert "images_at" not in rows["kept"]  # where the images are stays inside the portal
+    page = browser.get(f"{region.portal.url}/patients/{region.nhs}", params={"hospital": "Hospital B"}, timeout=60)
+    assert "1 of 4 documents match these filters." in page.text
+    assert f'<a href="/patients/{region.nhs}" class="clear">Clear filters</a>' in page.text
+    # This portal has no PACS for the user's hospital: no Import button that could only fail.
+    assert 'action="/imports"' not in browser.get(f"{region.portal.url}/patients/{region.nhs}", timeout=60).text
+    empty = browser.get(f"{region.portal.url}/api/patients/{region.nhs}/documents",
+                        params={"from": "2024-02-01", "to": "2024-01-01"}, timeout=60)
+    assert empty.status_code == 400 and "the date range is empty" in empty.text
+
+
 async def _registry_status(registry_url: str, unique_id: str) -> str | None:
     async with SoapClient(timeout=30) as client:
         entries = await get_documents(client, registry_url, [unique_id])
@@ -236,6 +259,7 @@ def test_a_study_withdrawn_by_its_source_says_so(region, browser, tmp_path):
     assert page.status_code == 410, page.text[:500]
     assert 'data-state="withdrawn"' in page.text and "Study withdrawn by its source" in page.text
     assert "Hospital A withdrew this study" in page.text and region.manifests["withdrawn"] in page.text
+    assert "withdrawn" not in rows_of(region, browser)  # a deprecated manifest leaves the list
     # Opened together with an available one: the page names the one that cannot be shown.
     both = viewer(region, browser, region.uid("kept"), region.uid("withdrawn"))
     assert both.status_code == 410 and region.uid("withdrawn") in both.text and "app-config.js" not in both.text
@@ -256,6 +280,10 @@ def test_a_study_whose_instances_were_deleted_at_the_source_says_so(region, brow
     assert "deleted at the source" in page.text and "lists 2 images and is still approved" in page.text
     state = browser.get(f"{region.portal.url}/api/studies/{region.uid('deleted')}", timeout=30)
     assert state.status_code == 410 and state.json()["state"] == "deleted"
+    rows = rows_of(region, browser)
+    assert rows["deleted"]["status"] == "images unavailable", rows["deleted"]
+    assert "Hospital A's imaging source no longer holds this study" in rows["deleted"]["status_reason"]
+    assert rows["kept"]["status"] == "available"
 
 
 def test_a_study_whose_source_is_stopped_says_it_is_unreachable(region, browser):
@@ -267,3 +295,13 @@ def test_a_study_whose_source_is_stopped_says_it_is_unreachable(region, browser)
     assert 'data-state="source unreachable"' in page.text and "Hospital B" in page.text
     assert "cannot be reached" in page.text
     assert f'href="/patients/{region.nhs}"' in page.text  # back to the list it was opened from
+    # The list marks it too (its repository is up: only its images are out of reach), counts still shown.
+    answer = browser.get(f"{region.portal.url}/api/patients/{region.nhs}/documents", timeout=60).json()
+    far = next(r for r in answer["rows"] if r["study_uid"] == region.uid("far"))
+    assert far["status"] == "source unreachable" and "Hospital B's imaging source" in far["status_reason"], far
+    assert (far["series_count"], far["image_count"]) == (1, 2)
+    assert {(s["name"], s["kind"], s["ok"]) for s in answer["sources"]} >= {
+        ("Hospital B", "imaging source", False), ("Hospital A", "imaging source", True)}
+    listed = browser.get(f"{region.portal.url}/patients/{region.nhs}", timeout=60).text
+    assert "Imaging source Hospital B could not be reached" in listed
+    assert '<small class="reason">Hospital B&#39;s imaging source: ' in listed
