@@ -53,7 +53,8 @@ def region(postgres_admin_url, tmp_path_factory):
     if not (DEFAULT_OHIF_DIR / "index.html").is_file():
         pytest.fail("the OHIF viewer is not installed: run scripts/install-ohif.sh")
     prefix = f"xdsstory_{uuid.uuid4().hex[:8]}_"
-    offset = 30000 + random.randrange(1000) * 10
+    # every port moves by this much; all stay below 32768, where the kernel's ephemeral ports start
+    offset = 12000 + random.randrange(800) * 10
     data_dir = tmp_path_factory.mktemp("xds-local-story")
     proc = xds_local(postgres_admin_url, data_dir, offset, prefix)
     output = Output(proc)
@@ -105,7 +106,8 @@ async def wait_for_documents(registry_url: str, nhs: str, count: int, timeout: f
 ROWS = """() => Array.from(document.querySelectorAll('table.documents tbody tr')).map(tr => ({
   document: tr.dataset.document, kind: tr.className.split(' ')[0], hospital: tr.cells[1].textContent.trim(),
   type: tr.cells[2].textContent.trim(), description: tr.cells[3].textContent.trim(),
-  status: tr.querySelector('td.status').textContent.trim(),
+  status: tr.querySelector('td.status').firstChild.textContent.trim(),
+  reason: (tr.querySelector('td.status small.reason') || {}).textContent || '',
   images: (tr.querySelector('a[href^="/viewer/"]') || {}).href || null}))"""
 
 
@@ -220,6 +222,7 @@ async def test_a_clinician_signs_in_finds_a_patient_reads_a_report_views_a_ct_an
                 for row in down:
                     expected = "source unreachable" if row["hospital"] == STOPPED else "available"
                     assert row["status"] == expected, (row, down)
+                    assert (STOPPED in row["reason"]) == (row["hospital"] == STOPPED), row  # the reason, on the row
                 assert await page.locator("p.source-down").filter(has_text=STOPPED).count() == 1
 
                 # --- its study cannot be shown: the viewer link says why --------------------------------------
