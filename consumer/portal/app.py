@@ -255,7 +255,7 @@ def build_app(portal: Portal) -> web.Application:
     async def study_guard(request: web.Request) -> web.StreamResponse | None:
         """The viewer opened on studies: a page saying why, instead of an empty viewer, when one cannot be shown."""
         require_session(request)
-        uids = dicomweb_proxy.study_uids(",".join(request.query.getall("StudyInstanceUIDs")))
+        uids = viewer.requested_studies(request)
         wrong = [u for u in uids if not dicomweb_proxy.is_uid(u)]
         if not uids or wrong or len(uids) > MAX_VIEWER_STUDIES:
             said = (f"{', '.join(repr(u) for u in wrong[:3])} is not a valid Study Instance UID" if wrong else

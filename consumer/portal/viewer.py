@@ -167,6 +167,13 @@ def viewer_content_security_policy(ohif_dir: Path) -> str:
     return content_security_policy(patch_index_html((ohif_dir / "index.html").read_text(encoding="utf-8")))
 
 
+def requested_studies(request: web.Request) -> list[str]:
+    """The Study Instance UIDs the viewer page is opened on: OHIF reads both spellings of the parameter, each
+    possibly repeated and comma-separated."""
+    values = request.query.getall("StudyInstanceUIDs", []) + request.query.getall("studyInstanceUIDs", [])
+    return [u.strip() for v in values for u in v.split(",") if u.strip()]
+
+
 def build_routes(ohif_dir: Path, dicomweb_root: str, guard: Guard | None = None) -> list[web.RouteDef]:
     """Routes serving OHIF at /viewer/ (``ohif_dir`` = the installed dist/, e.g. DEFAULT_OHIF_DIR) with
     ``dicomweb_root`` (e.g. "/dicomweb") as its only data source. Every OHIF response carries the viewer's CSP.
@@ -184,7 +191,7 @@ def build_routes(ohif_dir: Path, dicomweb_root: str, guard: Guard | None = None)
         raise web.HTTPMovedPermanently(PREFIX + (f"?{request.query_string}" if request.query_string else ""))
 
     async def app_page(request: web.Request) -> web.StreamResponse:
-        if guard is not None and "StudyInstanceUIDs" in request.query:
+        if guard is not None and requested_studies(request):
             refused = await guard(request)
             if refused is not None:
                 return refused

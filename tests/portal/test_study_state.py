@@ -192,6 +192,8 @@ def test_an_unknown_study_says_no_source_has_it(region, browser):
     assert page.status_code == 404
     assert 'data-state="unknown"' in page.text and "no imaging source of this region" in page.text
     assert unknown in page.text and "app-config.js" not in page.text
+    lower = browser.get(f"{region.portal.url}/viewer/viewer", params={"studyInstanceUIDs": unknown}, timeout=60)
+    assert lower.status_code == 404 and 'data-state="unknown"' in lower.text  # OHIF reads this spelling too
     assert browser.get(f"{region.portal.url}/api/studies/{unknown}", timeout=30).json()["state"] == "unknown"
     bad = viewer(region, browser, "1.2.x")
     assert bad.status_code == 400 and "not a valid Study Instance UID" in bad.text
