@@ -83,11 +83,6 @@ def gone_state(study_uid: str, hospital: str, manifest: str, image_count: int,
         manifest)
 
 
-def page_text(states: list[StudyState]) -> str:
-    """One paragraph for the viewer's refusal page, naming every study that cannot be shown and why."""
-    return " ".join(f"Study {s.study_uid}: {s.reason}" for s in states if not s.ok)
-
-
 # --- I/O -------------------------------------------------------------------------------------------
 
 
