@@ -28,6 +28,11 @@ class Portal:
     auditor: Auditor | None = None  # ATNA audit of sign-in/out and of the portal's own requests
     extras: dict[str, Any] = field(default_factory=dict)  # background tasks, for shutdown
 
+    def xua_headers(self) -> dict[str, str]:
+        """Headers carrying the current user's XUA assertion, for the DICOMweb requests the portal makes itself
+        (the list's QIDO-RS checks); empty without a signing key (consumer.portal.xua) or a user."""
+        return self.xua.current_headers() if self.xua is not None else {}
+
     async def locate(self, study_uid: str) -> str | None:
         """The DICOMweb root of the imaging source holding ``study_uid`` (for the DICOMweb proxy)."""
         from consumer.portal.manifests import locate

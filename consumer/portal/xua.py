@@ -174,13 +174,18 @@ class PortalXua:
             return None
         return security_header(self.assertion(caller))
 
-    def http_headers(self, request: web.Request) -> dict[str, str]:
-        """The Authorization header the DICOMweb proxy adds for the request's user."""
+    def current_headers(self) -> dict[str, str]:
+        """The Authorization header of the current caller for a DICOMweb request (QIDO-RS checks of the list,
+        the proxy); none without a caller. Raises :class:`XuaUnavailable` for a role without a code."""
         caller = CALLER.get()
         if caller is None:
             return {}
+        return authorization_header(self.assertion(caller))
+
+    def http_headers(self, request: web.Request) -> dict[str, str]:
+        """The Authorization header the DICOMweb proxy adds for the request's user."""
         try:
-            return authorization_header(self.assertion(caller))
+            return self.current_headers()
         except XuaUnavailable as exc:
             raise web.HTTPForbidden(text=str(exc)) from None
 
