@@ -87,7 +87,8 @@ def answers(host: str, listener: Listener, timeout: float = 3.0) -> bool:
         return c_echo(host, listener.port, listener.ae_title or "ANY-SCP", timeout)
     try:
         with socket.create_connection((host, listener.port), timeout=timeout) as sock:
-            if (context := tls.client_ssl()) is not None:  # MLLP over TLS: the handshake must succeed
+            context = tls.client_ssl() if listener.kind == "MLLP" else None
+            if context is not None:  # MLLP over TLS: the handshake must succeed
                 with context.wrap_socket(sock, server_hostname=host) as wrapped:
                     tls.check_pins(wrapped, tls.node().pins, f"{host}:{listener.port}")
             return True

@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.registries:
         parser.error("name at least one registry (--registries NAME|URL)")
+    from consumer.portal.xua import xua_problem
+
+    if problem := xua_problem(settings):
+        parser.error(problem)
     if problem := tls.startup_problem(settings):
         print(f"xds-portal: {problem}", file=sys.stderr)
         return 2
