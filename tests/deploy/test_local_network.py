@@ -48,7 +48,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 def ready(network) -> RegionClient:
     """Wait for the ready line, then be a node of the region (its CA, xds-local's certificate)."""
-    ready(network)
+    network["output"].wait_for(READY, 300)
     network["tls"] = use_region(network["data_dir"])
     return network["tls"]
 
@@ -308,8 +308,10 @@ def test_c_store_over_tls_with_dcmtk_and_pynetdicom_and_plain_dicom_is_refused(n
     client = ready(network)
     ae_title, port, _ = HOSPITALS["hospital-b"]
     port += network["offset"]
-    files = sorted((network["data_dir"] / "demo" / "dicom").glob("*/*.dcm"))
-    assert files, "the demo data wrote no DICOM files"
+    plan = json.loads((network["data_dir"] / "demo" / "plan.json").read_text())
+    study = next(s for s in plan["studies"] if s["hospital"] == "hospital-b")  # resent: the same bytes, no new manifest
+    files = sorted((network["data_dir"] / "demo" / "dicom" / study["study_uid"]).glob("*.dcm"))
+    assert len(files) >= 2, "the demo data wrote no DICOM files for hospital-b"
     sent = subprocess.run(["storescu", "-to", "10", *client.dcmtk_args(), "-aec", ae_title, "127.0.0.1", str(port),
                            str(files[0])], capture_output=True, text=True, timeout=60)
     assert sent.returncode == 0 and "E:" not in sent.stderr, sent.stderr
