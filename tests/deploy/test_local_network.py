@@ -30,7 +30,7 @@ from consumer.client.soap import SoapClient
 from ihe import tls
 from tests.conftest import ROOT
 from tests.deploy.helpers import Output, drop_databases
-from tests.tls_support import RegionClient, use_region
+from tests.tls_support import RegionClient, make_test_pki, use_region
 
 HOSPITALS = {  # name: (AE title, DICOM port, repositoryUniqueId)
     "hospital-a": ("HOSPA_XDSI", 11112, "1.3.6.1.4.1.21367.2026.1.1"),
@@ -300,9 +300,10 @@ def test_the_portal_signs_in_the_demo_user_and_lists_a_patients_documents_from_e
     assert browser.get(f"{portal}/api/patients/{nhs}/documents", timeout=10).status_code == 401
 
 
-def test_c_store_over_tls_with_dcmtk_and_pynetdicom_and_plain_dicom_is_refused(network):
+def test_c_store_over_tls_with_dcmtk_and_pynetdicom_and_plain_dicom_is_refused(network, tmp_path):
     """DICOM over TLS (ITI-19): storescu +tls (dcmtk) and pynetdicom store at hospital-b with the region's
-    certificates; a plain storescu gets no association and the imaging source logs why in one line."""
+    certificates; a plain storescu, one without a certificate and one with another CA's get no association,
+    and the imaging source logs why in one line each."""
     from pynetdicom import AE
 
     client = ready(network)
@@ -320,6 +321,17 @@ def test_c_store_over_tls_with_dcmtk_and_pynetdicom_and_plain_dicom_is_refused(n
     assert plain.returncode != 0, "a plain association must be refused"
     logged = network["output"].wait_for(f"DICOM {ae_title}: TLS connection from 127.0.0.1:", 10)
     assert logged.endswith("refused: the peer does not speak TLS (a plain-TCP service or client?)"), logged
+    anonymous = subprocess.run(["storescu", "-to", "10", "+tla", "+cf", str(client.ca), "-aec", ae_title, "127.0.0.1",
+                                str(port), str(files[0])], capture_output=True, text=True, timeout=60)
+    assert anonymous.returncode != 0, "TLS without a client certificate must be refused"
+    network["output"].wait_for("presented no certificate; a certificate of the affinity domain is required", 10)
+    stranger = make_test_pki(tmp_path, []).other_ca_node  # a certificate of another CA
+    foreign = subprocess.run(["storescu", "-to", "10", "+tls", str(stranger.key), str(stranger.cert), "+cf",
+                              str(client.ca), "-aec", ae_title, "127.0.0.1", str(port), str(files[0])],
+                             capture_output=True, text=True, timeout=60)
+    assert foreign.returncode != 0, "a certificate of another CA must be refused"
+    logged = network["output"].wait_for("the client's certificate is not issued by the affinity domain's CA", 10)
+    assert f"DICOM {ae_title}: TLS connection from 127.0.0.1:" in logged, logged
     import pydicom
 
     ds = pydicom.dcmread(files[1])
