@@ -133,6 +133,27 @@ class FileStorage:
             raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
         return StagedFile(key, target, Path(tmp), fd, created_dirs)
 
+    def incoming(self) -> tuple[int, Path]:
+        """A new temporary file (fd, path) for bytes whose key is not known yet (an instance still arriving):
+        hidden in the root folder until :meth:`adopt` gives it its key."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
+        except OSError as exc:
+            raise StorageError(f"could not receive: {exc.strerror or exc}") from exc
+        return fd, Path(tmp)
+
+    def adopt(self, key: str, tmp: Path, fd: int) -> StagedFile:
+        """Stage a file written through :meth:`incoming` for ``key``. It stays under its temporary name; the
+        rename to the key's folder happens in :meth:`make_durable`, after its fsync, and that folder is fsync'd
+        then (the rename from one folder to another is durable once its target folder is: Maildir's pattern)."""
+        target = self._path(key)
+        created_dirs = _missing_parents(target.parent, self.root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
+        return StagedFile(key, target, tmp, fd, created_dirs)
+
     def make_durable(self, staged: Sequence[StagedFile | str],
                      executor: ThreadPoolExecutor | None = None) -> list[StorageError | None]:
         """Make staged files (and keys already stored) durable together: each file fsync'd (in parallel on
