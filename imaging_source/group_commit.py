@@ -115,7 +115,7 @@ class GroupCommitWriter:
         items: list[StagedFile | str] = [p.staged if p.staged is not None else p.stored.key for p in batch]
         started = time.perf_counter()
         try:
-            errors = await asyncio.to_thread(self.storage.make_durable, items, self._executor)
+            errors = await self.storage.make_durable_async(items, self._executor)
         except BaseException:
             for p in batch:
                 if p.staged is not None:

@@ -178,7 +178,7 @@ def read_dataset_header(fp: BinaryIO, transfer_syntax_uid: str) -> tuple[Dataset
 
     def stop(tag: int, vr: object, length: int) -> bool:
         nonlocal passed
-        passed = tag > LAST_HEADER_TAG
+        passed = int(tag) > LAST_HEADER_TAG
         return passed
 
     try:
@@ -229,7 +229,7 @@ def store_file(data: bytes, storage: Storage, *, issuer_oid: str | None = None,
     and the copy the index points at stays intact until the index has moved to the new one.
     """
     info, key = prepare(data, issuer_oid=issuer_oid, issuer_ns=issuer_ns)
-    if storage.exists(key):
+    if storage.holds(key, hashlib.sha256(data).hexdigest()):
         return StoredInstance(info, key, len(data), True)
     return StoredInstance(info, key, storage.put(key, data), False)
 

@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import ssl as ssl_module
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -127,12 +128,14 @@ class _Instance:
         "size",
         "sop_class",
         "sop_instance",
+        "started",
         "tmp",
         "transfer_syntax",
     )
 
     def __init__(self, scp: StorageSCP, assoc: Association, sop_class: str, sop_instance: str,
                  transfer_syntax: str) -> None:
+        self.started = time.perf_counter()
         self.scp, self.assoc = scp, assoc
         self.sop_class, self.sop_instance, self.transfer_syntax = sop_class, sop_instance, transfer_syntax
         meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance,
@@ -183,6 +186,7 @@ class _Instance:
 
     async def finish(self) -> tuple[int, str | None]:
         scp, uid = self.scp, self.sop_instance
+        received = time.perf_counter()
         if self.error is not None:
             self.discard()
             log.error("C-STORE of %s failed: %s", uid, self.error)
@@ -190,7 +194,8 @@ class _Instance:
         try:
             info = describe(self._header(), self.transfer_syntax, issuer_oid=scp.config.issuer_oid,
                             issuer_ns=scp.config.issuer_ns)
-            key = info.storage_key_of(self.digest.hexdigest())
+            digest = self.digest.hexdigest()
+            key = info.storage_key_of(digest)
         except RejectedInstance as exc:
             self.discard()
             log.warning("C-STORE of %s refused: %s", uid, exc.reason)
@@ -208,8 +213,9 @@ class _Instance:
             self.discard()
             log.warning("C-STORE of %s refused: %s", uid, mismatch)
             return STATUS_DATASET_MISMATCH, mismatch
+        checked = time.perf_counter()
         try:
-            replaced = scp.storage.exists(key)
+            replaced = scp.storage.holds(key, digest)
             if replaced:
                 self.discard()
                 staged = None
@@ -226,6 +232,10 @@ class _Instance:
             return STATUS_OUT_OF_RESOURCES, f"not stored: {exc or type(exc).__name__}"
         if scp.audit is not None:
             scp.audit.received(self.assoc.state, info)
+        if log.isEnabledFor(logging.DEBUG):
+            now = time.perf_counter()
+            log.debug("C-STORE of %s: received in %.1f ms, checked in %.1f ms, durable and indexed in %.1f ms", uid,
+                      (received - self.started) * 1000, (checked - received) * 1000, (now - checked) * 1000)
         return STATUS_SUCCESS, None
 
 
