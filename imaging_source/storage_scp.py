@@ -12,6 +12,7 @@ nor row behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import logging
@@ -217,6 +218,7 @@ class _Instance:
                 self.discard()
                 staged = None
             else:
+                start_writeback(self.fd)
                 staged = scp.storage.adopt(key, self.tmp, self.fd)
                 self.fd = -1  # the writer's now
             stored = StoredInstance(info, key, self.size, replaced)
@@ -234,6 +236,17 @@ class _Instance:
             log.debug("C-STORE of %s: received in %.1f ms, checked in %.1f ms, durable and indexed in %.1f ms", uid,
                       (received - self.started) * 1000, (checked - received) * 1000, (now - checked) * 1000)
         return STATUS_SUCCESS, None
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a received file to the disk now, without waiting (Linux): its fsync in the group commit
+    then finds little left to write. On ext4 (data=ordered) a journal commit also writes the data of every
+    other file being received, so fsyncs that each found whole files still dirty cost 20 ms with four
+    associations, measured, against 2 ms with one. Durability is unchanged: the fsync still comes before
+    the index row and the success status."""
+    if hasattr(os, "sync_file_range"):
+        with contextlib.suppress(OSError):
+            os.sync_file_range(fd, 0, 0, os.SYNC_FILE_RANGE_WRITE)
 
 
 def part10_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
