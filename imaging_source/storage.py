@@ -140,7 +140,11 @@ class FileStorage:
         """A new temporary file (fd, path) for bytes whose key is not known yet (an instance still arriving):
         hidden in the root folder until :meth:`adopt` gives it its key."""
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
+            except FileNotFoundError:  # the folder was removed under us (emptied by hand): as put() would
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
         except OSError as exc:
             raise StorageError(f"could not receive: {exc.strerror or exc}") from exc
         return fd, Path(tmp)

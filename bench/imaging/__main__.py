@@ -264,6 +264,11 @@ def main() -> int:
             results["xds-imaging-source"].append(curl_retrieve(ours_url))
             results["Orthanc"].append(curl_retrieve(orthanc_url))
         rates = {name: [b / s / 1e6 for b, s in runs] for name, runs in results.items()}
+    except BaseException:
+        for log in sorted(work.glob("*.log")):  # the folder goes: say what the services said
+            print(f"--- last lines of {log.name}:", *log.read_text(errors="replace").splitlines()[-15:],
+                  sep="\n", file=sys.stderr)
+        raise
     finally:
         for p in procs:
             p.terminate()
