@@ -35,7 +35,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from ihe.audit.middleware import REFUSED, DicomAudit
 from ihe.dicom_ul import VERIFICATION, Acceptor, AcceptorConfig, Association, DatasetSink, Refused
 from imaging_source.group_commit import GroupCommitWriter
-from imaging_source.ingest import RejectedInstance, StoredInstance, describe, read_dataset_header
+from imaging_source.ingest import InstanceInfo, RejectedInstance, StoredInstance, describe, read_dataset_header
 from imaging_source.storage import FileStorage, StagedFile
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,10 @@ class _Instance:
         "error",
         "fd",
         "head",
+        "info",
         "prefix",
         "prefix_bytes",
+        "refusal",
         "scp",
         "size",
         "sop_class",
@@ -144,6 +146,10 @@ class _Instance:
         self.prefix: list[bytes] = []
         self.prefix_bytes = 0
         self.error: str | None = None
+        # The index facts, read as soon as the first fragments hold them (while the rest is still on its way),
+        # or why the instance is refused (then nothing more is written).
+        self.info: InstanceInfo | None = None
+        self.refusal: RejectedInstance | None = None
         self.fd, self.tmp = scp.storage.incoming()
         self.digest = hashlib.sha256()
         self.size = 0
@@ -160,12 +166,28 @@ class _Instance:
             self.error = f"cannot write: {exc.strerror or exc}"
 
     def write(self, fragment: bytes) -> None:
-        if self.error is not None:
+        if self.error is not None or self.refusal is not None:
             return
-        if self.prefix_bytes < PREFIX_BYTES:
+        if self.info is None and self.prefix_bytes < PREFIX_BYTES:
             self.prefix.append(fragment)
             self.prefix_bytes += len(fragment)
+            if self.prefix_bytes >= PREFIX_BYTES:
+                self._describe_early()
         self._append(fragment)
+
+    def _describe_early(self) -> None:
+        """Read the index facts from the first fragments if they hold the whole header (else at the end)."""
+        try:
+            ds, passed = read_dataset_header(io.BytesIO(b"".join(self.prefix)), self.transfer_syntax)
+            if passed:
+                self.info = self._describe(ds)
+                self.prefix = []
+        except RejectedInstance as exc:
+            self.refusal = exc
+
+    def _describe(self, ds: Dataset) -> InstanceInfo:
+        return describe(ds, self.transfer_syntax, issuer_oid=self.scp.config.issuer_oid,
+                        issuer_ns=self.scp.config.issuer_ns)
 
     def discard(self) -> None:
         if self.fd >= 0:
@@ -190,8 +212,9 @@ class _Instance:
             log.error("C-STORE of %s failed: %s", uid, self.error)
             return STATUS_OUT_OF_RESOURCES, self.error
         try:
-            info = describe(self._header(), self.transfer_syntax, issuer_oid=scp.config.issuer_oid,
-                            issuer_ns=scp.config.issuer_ns)
+            if self.refusal is not None:
+                raise self.refusal
+            info = self.info or self._describe(self._header())
             digest = self.digest.hexdigest()
             key = info.storage_key_of(digest)
         except RejectedInstance as exc:

@@ -205,9 +205,19 @@ async def test_a_header_longer_than_the_first_fragments_is_read_from_the_file(im
     ds.PatientID = "LONGHEADER1"
     path = tmp_path / "long_header.dcm"
     ds.save_as(path, enforce_file_format=True)
-    assert send_with_pynetdicom(imaging_source.dicom_port, [path]) == [0]
+    assert send_with_pynetdicom(imaging_source.dicom_port, [path]) == [0]  # one fragment: read from it
     row = (await _instance_rows(imaging_database_url))[ds.SOPInstanceUID]
     assert row["patient_id"] == "LONGHEADER1" and row["instance_number"] == ds.InstanceNumber
+    # 4 KiB fragments: the first 64 KiB end inside the private element, so the header is read from the file
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.95.{uuid.uuid4().int % 10**20}"
+    ds.InstanceNumber = 7
+    ds.save_as(path, enforce_file_format=True)
+    result = subprocess.run([require_tool("storescu", "dcmtk"), "--max-send-pdu", "4096", "-aec", "XDSI_TEST",
+                             "127.0.0.1", str(imaging_source.dicom_port), str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = (await _instance_rows(imaging_database_url))[ds.SOPInstanceUID]
+    assert row["patient_id"] == "LONGHEADER1" and row["instance_number"] == 7
 
 
 def test_pynetdicom_scu_with_a_small_max_pdu_gets_its_statuses(imaging_source, samples):
