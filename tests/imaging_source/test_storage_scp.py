@@ -173,8 +173,10 @@ async def test_storescu_small_pdus_deflated_and_several_datasets(imaging_source,
     them re-encoded by storescu as Deflated Explicit VR Little Endian: every one kept and indexed whole."""
     storescu = require_tool("storescu", "dcmtk")
     paths = []
+    study_uid = pydicom.uid.generate_uid()  # a study of its own: other tests retrieve the sample's study
     for n in range(3):
         ds = pydicom.dcmread(samples["CT"])
+        ds.StudyInstanceUID = study_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.96.{uuid.uuid4().int % 10**20}"
         paths.append(tmp_path / f"{n}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
@@ -226,6 +228,7 @@ def test_pynetdicom_scu_with_a_small_max_pdu_gets_its_statuses(imaging_source, s
     from pynetdicom import AE
 
     ds = pydicom.dcmread(samples["CT"])
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.SOPInstanceUID = f"1.2.826.0.1.94.{uuid.uuid4().int % 10**20}"
     anonymous = copy.deepcopy(ds)
     anonymous.SOPInstanceUID = f"1.2.826.0.1.94.{uuid.uuid4().int % 10**20}"
