@@ -32,7 +32,11 @@ async def open_source(settings: ImagingSourceSettings, database_url: str) -> Ima
         applied = await migrate(conn, "imaging_source")
     if applied:
         log.info("applied imaging source migrations: %s", ", ".join(applied))
-    return ImagingSource(settings=settings, pool=pool, storage=FileStorage(settings.storage_dir))
+    storage = FileStorage(settings.storage_dir)
+    swept = await asyncio.to_thread(storage.sweep_incoming)
+    if swept:
+        log.warning("removed %d half-received instance files left by an earlier stop", swept)
+    return ImagingSource(settings=settings, pool=pool, storage=storage)
 
 
 def _json_safe(row: dict) -> dict:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -148,6 +149,21 @@ class FileStorage:
         except OSError as exc:
             raise StorageError(f"could not receive: {exc.strerror or exc}") from exc
         return fd, Path(tmp)
+
+    def sweep_incoming(self, older_than: float = 3600.0) -> int:
+        """Remove instances a crash left half-received in the root folder (never acknowledged, so never
+        promised to anyone); only those older than ``older_than`` seconds, so that another process sharing
+        the folder and receiving right now keeps its files. Returns how many were removed."""
+        removed = 0
+        limit = time.time() - older_than
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if entry.name.startswith(".incoming-") and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat(follow_symlinks=False).st_mtime < limit:
+                            os.unlink(entry.path)
+                            removed += 1
+        return removed
 
     def adopt(self, key: str, tmp: Path, fd: int) -> StagedFile:
         """Stage a file written through :meth:`incoming` for ``key``. It stays under its temporary name; the
