@@ -8,7 +8,6 @@ nothing twice, and the last test stops it.
 import asyncio
 import io
 import json
-import random
 import shutil
 import signal
 import socket
@@ -27,7 +26,7 @@ from lxml import html
 from consumer.client.query import find_documents
 from consumer.client.soap import SoapClient
 from tests.conftest import ROOT
-from tests.deploy.helpers import Output, drop_databases
+from tests.deploy.helpers import Output, drop_databases, region_port_offset
 
 HOSPITALS = {  # name: (AE title, DICOM port, repositoryUniqueId)
     "hospital-a": ("HOSPA_XDSI", 11112, "1.3.6.1.4.1.21367.2026.1.1"),
@@ -86,7 +85,7 @@ def documents_by_patient(registry_url: str, patients: list[dict], data_dir) -> d
 def network(postgres_admin_url, tmp_path_factory):
     assert shutil.which("echoscu"), "dcmtk's echoscu is missing: install the packages in scripts/debian-packages.txt"
     prefix = f"xdslocal_{uuid.uuid4().hex[:8]}_"
-    offset = 20000 + random.randrange(1000) * 10  # every port of the network moves by this much
+    offset = region_port_offset()  # every port moves by this much; free, below the ephemeral range
     data_dir = tmp_path_factory.mktemp("xds-local")
     proc = xds_local(postgres_admin_url, data_dir, offset, prefix)
     net = {"proc": proc, "output": Output(proc), "offset": offset, "prefix": prefix, "url": postgres_admin_url,
