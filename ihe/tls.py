@@ -150,15 +150,17 @@ def _base_context(config: TlsConfig, purpose: int) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(config: TlsConfig) -> ssl.SSLContext:
-    """For listeners: TLS 1.2+, strong suites, a client certificate from the trusted CA.
+def server_context(config: TlsConfig, *, gated: bool = False) -> ssl.SSLContext:
+    """For listeners: TLS 1.2+, strong suites, a client certificate from the trusted CA required.
 
-    A certificate that is presented must verify (else the handshake fails); that one is presented at
-    all is checked right after the handshake (:func:`check_pins`), not by OpenSSL (``CERT_OPTIONAL``):
-    asyncio drops the alert of a failed server handshake, so a client would only see the connection
-    close, while after the handshake the listener can tell it why in its own protocol (HTTP 403)."""
+    ``gated`` (only for :class:`GatedServer`): a certificate that is presented must still verify (else
+    the handshake fails), but that one is presented at all is checked right after the handshake
+    (:func:`check_pins`) instead of by OpenSSL (``CERT_OPTIONAL``): asyncio drops the alert of a failed
+    server handshake, so a client would only see the connection close, while after the handshake the
+    listener can tell it why in its own protocol (HTTP 403). Never give a gated context to anything else."""
     ctx = _base_context(config, ssl.PROTOCOL_TLS_SERVER)
-    ctx.verify_mode = ssl.CERT_OPTIONAL
+    if gated:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 
@@ -175,8 +177,9 @@ class NodeTls:
     """A process's TLS identity: both contexts and the pins, built once at start."""
 
     config: TlsConfig
-    server: ssl.SSLContext
+    server: ssl.SSLContext  # CERT_REQUIRED: for any listener (e.g. ``asyncio.start_server(ssl=...)``)
     client: ssl.SSLContext
+    gated: ssl.SSLContext  # for GatedServer only (see server_context)
 
     @property
     def pins(self) -> frozenset[str]:
@@ -193,7 +196,8 @@ def configure(settings: Any) -> NodeTls | None:
     Raises TlsSetupError with one line for a missing, unreadable or expired file."""
     global _node
     config = TlsConfig.from_settings(settings)
-    _node = None if config is None else NodeTls(config, server_context(config), client_context(config))
+    _node = None if config is None else NodeTls(config, server_context(config), client_context(config),
+                                                server_context(config, gated=True))
     return _node
 
 
@@ -399,7 +403,7 @@ class GatedServer:
         holding = _Holding()
         try:
             transport, _ = await loop.connect_accepted_socket(
-                lambda: holding, conn, ssl=self._node_tls.server, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                lambda: holding, conn, ssl=self._node_tls.gated, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self._logger.warning("%s: %s", self._what, describe_refusal(exc, peer))
             conn.close()
@@ -522,37 +526,6 @@ def check_server(connection: Any, host: str, port: int) -> None:
     node_tls = _node
     if node_tls is not None:
         check_pins(connection.get_extra_info("ssl_object"), node_tls.pins, f"server {host}:{port}")
-
-
-def socketserver_class(base: type, node_tls: NodeTls | None, logger: logging.Logger | None = None,
-                       what: str = "DICOM") -> type:
-    """A threaded ``socketserver`` class (pynetdicom's ThreadedAssociationServer) whose connections do
-    the TLS handshake in their own thread, not in the accept loop as pynetdicom's ``ssl_context``
-    does (where one slow or failed handshake stalls every new association, unlogged); refusals are
-    logged in one line and the pins checked. ``base`` itself when TLS is off."""
-    if node_tls is None:
-        return base
-    logger = logger or log
-
-    class TlsServer(base):  # type: ignore[misc, valid-type]
-        def get_request(self) -> tuple[Any, Any]:
-            return self.socket.accept()
-
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
-            peer = f"{client_address[0]}:{client_address[1]}"
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                wrapped = node_tls.server.wrap_socket(request, server_side=True)
-                check_pins(wrapped, node_tls.pins, f"client {peer}")
-            except (OSError, ValueError) as exc:
-                logger.warning("%s: %s", what, describe_refusal(exc, peer))
-                self.shutdown_request(request)
-                return
-            wrapped.settimeout(None)
-            super().process_request_thread(wrapped, client_address)
-
-    TlsServer.__name__ = f"Tls{base.__name__}"
-    return TlsServer
 
 
 def dicom_tls_args(host: str) -> tuple[ssl.SSLContext, str] | None:

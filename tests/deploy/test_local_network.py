@@ -9,7 +9,6 @@ nothing twice, and the last test stops it.
 import asyncio
 import io
 import json
-import random
 import shutil
 import signal
 import socket
@@ -29,7 +28,7 @@ from consumer.client.query import find_documents
 from consumer.client.soap import SoapClient
 from ihe import tls
 from tests.conftest import ROOT
-from tests.deploy.helpers import Output, drop_databases
+from tests.deploy.helpers import Output, drop_databases, region_port_offset
 from tests.tls_support import RegionClient, make_test_pki, use_region
 
 HOSPITALS = {  # name: (AE title, DICOM port, repositoryUniqueId)
@@ -96,7 +95,7 @@ def documents_by_patient(registry_url: str, patients: list[dict], data_dir) -> d
 def network(postgres_admin_url, tmp_path_factory):
     assert shutil.which("echoscu"), "dcmtk's echoscu is missing: install the packages in scripts/debian-packages.txt"
     prefix = f"xdslocal_{uuid.uuid4().hex[:8]}_"
-    offset = 20000 + random.randrange(1000) * 10  # every port of the network moves by this much
+    offset = region_port_offset()  # every port moves by this much; free, below the ephemeral range
     data_dir = tmp_path_factory.mktemp("xds-local")
     proc = xds_local(postgres_admin_url, data_dir, offset, prefix)
     net = {"proc": proc, "output": Output(proc), "offset": offset, "prefix": prefix, "url": postgres_admin_url,
@@ -350,7 +349,7 @@ def test_insecure_says_so_at_start(postgres_admin_url, tmp_path):
     """--insecure keeps plain transport for experiments, and says so before anything else starts."""
     proc = subprocess.run(
         [sys.executable, "-m", "local_network.cli", "--insecure", "--database-url", "postgresql://postgres@127.0.0.1:9/x",
-         "--data-dir", str(tmp_path), "--port-offset", str(21000 + random.randrange(900) * 10)],
+         "--data-dir", str(tmp_path), "--port-offset", str(region_port_offset())],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "xds-local: --insecure: every service speaks plain HTTP, MLLP and DICOM" in proc.stderr, proc.stderr

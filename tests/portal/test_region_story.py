@@ -18,7 +18,6 @@ import io
 import itertools
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from ihe import tls
 from local_network.cli import HOSPITALS
 from local_network.demo_data import demo_patients
 from tests.conftest import ROOT
-from tests.deploy.helpers import Output, drop_databases
+from tests.deploy.helpers import Output, drop_databases, region_port_offset
 from tests.deploy.test_local_network import READY, portal_assertions, xds_local
 from tests.portal.test_viewer_browser import CANVAS_STATS, CHROMIUM
 from tests.tls_support import use_region
@@ -55,8 +54,7 @@ def region(postgres_admin_url, tmp_path_factory):
     if not (DEFAULT_OHIF_DIR / "index.html").is_file():
         pytest.fail("the OHIF viewer is not installed: run scripts/install-ohif.sh")
     prefix = f"xdsstory_{uuid.uuid4().hex[:8]}_"
-    # every port moves by this much; all stay below 32768, where the kernel's ephemeral ports start
-    offset = 12000 + random.randrange(800) * 10
+    offset = region_port_offset()  # every port moves by this much; free, below the ephemeral range
     data_dir = tmp_path_factory.mktemp("xds-local-story")
     proc = xds_local(postgres_admin_url, data_dir, offset, prefix)
     output = Output(proc)
