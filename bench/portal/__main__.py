@@ -415,7 +415,7 @@ async def search_in_chromium(page, portal: str, nhs: str, expected: int, runs: i
         await page.click("form.search button[type=submit]")
         await page.wait_for_url("**/patients/**", wait_until="commit")
         handle = await page.wait_for_function(
-            f"window.__rendered && document.querySelectorAll('tr[data-document]').length === {expected} "
+            f"() => window.__rendered && document.querySelectorAll('tr[data-document]').length === {expected} "
             "&& window.__rendered", polling=50, timeout=120_000)
         found.append(float(await handle.json_value()))
     return found
@@ -430,7 +430,7 @@ async def open_in_viewer(page, url: str, runs: int, shots: Path) -> list[float]:
         await page.goto("about:blank")
         await page.goto(url, wait_until="commit")
         try:
-            handle = await page.wait_for_function("window.__checkFrame && window.__checkFrame()", polling=250,
+            handle = await page.wait_for_function("() => window.__checkFrame && window.__checkFrame()", polling=250,
                                                   timeout=180_000)
         except Exception:
             await page.screenshot(path=str(shots / "viewer-timeout.png"))
@@ -656,8 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     status = 1
     measured = None
     try:
-        print(f"starting xds-local (port offset {run.offset}, database "
-              f"{server or 'embedded'}) in {run.work}", flush=True)
+        print(f"starting xds-local (port offset {run.offset}, databases {run.prefix}* on "
+              f"{server or 'an embedded server'}) in {run.work}", flush=True)
         start_region(run)
         measured = measure(run, sizes, storescu, orthanc, args.hold)
         status = 0
