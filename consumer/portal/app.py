@@ -15,7 +15,19 @@ from aiohttp import web
 
 from consumer.client.retrieve import DocumentRequest, retrieve_document_set
 from consumer.client.soap import SoapClient, SoapFaultError, TransportError
-from consumer.portal import admin, aggregate, cda, dicomweb_proxy, import_study, manifests, search, viewer
+from consumer.portal import (
+    admin,
+    aggregate,
+    audit_search,
+    cda,
+    dicomweb_proxy,
+    import_study,
+    manifests,
+    patient_context,
+    search,
+    study_state,
+    viewer,
+)
 from consumer.portal.context import Portal
 from consumer.portal.oidc import OidcClient, SignInError
 from consumer.portal.sessions import (
@@ -31,6 +43,10 @@ from consumer.portal.sessions import (
     set_session_cookie,
 )
 from consumer.portal.settings import PortalSettings
+from consumer.portal.xua import PortalXua, caller_middleware, caller_objects, caller_user, for_patient
+from ihe.audit.auditor import open_auditor
+from ihe.audit.client import ClientAudit
+from ihe.audit.events import user_authentication_event
 from ihe.database import create_pool
 from ihe.http import database_health
 from schemas import migrate
@@ -42,6 +58,7 @@ LOGIN_COOKIE = "xds_portal_login"  # binds a sign-in's state to the browser that
 PDF_CSP = "default-src 'none'; object-src 'self'; base-uri 'none'; frame-ancestors 'self'"
 DOWNLOAD_CSP = "default-src 'none'; sandbox"
 TEXT_TYPES = ("text/plain",)
+MAX_VIEWER_STUDIES = 20
 XML_TYPES = ("text/xml", "application/xml", "application/hl7-v3+xml", "application/cda+xml")
 
 
@@ -74,6 +91,11 @@ def _patient_or_400(request: web.Request, portal: Portal) -> str:
         raise web.HTTPBadRequest(text=str(exc)) from None
 
 
+def _can_import(settings: PortalSettings, session: PortalSession | None) -> bool:
+    """Import buttons only for a user whose hospital has a PACS to import into (and never of its own rows)."""
+    return bool(session and session.organisation and settings.pacs_of(session.organisation))
+
+
 def build_app(portal: Portal) -> web.Application:
     settings = portal.settings
 
@@ -92,8 +114,8 @@ def build_app(portal: Portal) -> web.Application:
                              subject=identity.subject)
 
     app = web.Application(middlewares=[session_middleware(
-        portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer)],
-        client_max_size=64 * 1024)
+        portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer),
+        caller_middleware()], client_max_size=64 * 1024)
     app["portal"] = portal
     app["templates"] = templates()
     app.on_response_prepare.append(security_headers)
@@ -127,9 +149,12 @@ def build_app(portal: Portal) -> web.Application:
             raise web.HTTPNotFound()
         if "error" in request.query:
             said = request.query.get("error_description") or request.query["error"]
+            await audit_sign_in(request, portal, None, f"the identity provider refused: {said}"[:300])
             return message(request, "Sign-in refused", f"the identity provider says: {said}", 403)
         state, code = request.query.get("state", ""), request.query.get("code", "")
         if not state or not code or request.cookies.get(LOGIN_COOKIE) != state:
+            await audit_sign_in(request, portal, None, "sign-in answer without its state (another browser, or "
+                                "forged)")
             return message(request, "Sign-in failed", "this sign-in was not started in this browser; please sign "
                            "in again", 400)
         try:
@@ -141,11 +166,13 @@ def build_app(portal: Portal) -> web.Application:
                 token, _ = await create_session(conn, identity.subject, identity.user_name, identity.role,
                                                 identity.organisation)
         except SignInError as exc:
+            await audit_sign_in(request, portal, None, str(exc))
             return message(request, "Sign-in failed", str(exc), 403)
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("identity provider unavailable: %s", exc)
             return message(request, "Sign-in failed", "the identity provider cannot be reached", 503)
         log.info("signed in: %s (%s, %s)", identity.subject, identity.role, identity.organisation)
+        await audit_sign_in(request, portal, f"{identity.user_name}<{identity.subject}>", None)
         response = web.HTTPFound(return_to)
         set_session_cookie(response, token, secure=settings.secure_cookies, max_age=settings.session_lifetime)
         response.del_cookie(LOGIN_COOKIE, path="/auth/")
@@ -153,9 +180,10 @@ def build_app(portal: Portal) -> web.Application:
 
     @routes.post("/logout")
     async def logout(request: web.Request) -> web.StreamResponse:
-        require_session(request)
+        session = require_session(request)
         async with portal.pool.acquire() as conn:
             await delete_session(conn, request.cookies[COOKIE])
+        await audit_sign_in(request, portal, f"{session.user}<{session.subject or session.user}>", None, login=False)
         response = web.HTTPFound("/?signed_out=1")
         clear_session_cookie(response, secure=settings.secure_cookies)
         return response
@@ -192,8 +220,10 @@ def build_app(portal: Portal) -> web.Application:
             filters: aggregate.Filters | None = aggregate.Filters.from_query(dict(request.query))
         except ValueError as exc:
             filters, filter_error = None, str(exc)
+        for_patient(search.patient_cx(patient, settings))  # the resource-id of the XUA assertions that follow
         everything = await aggregate.patient_documents(portal, patient)
         await import_study.mark_rows(portal, request.get("session"), patient, everything.rows)
+        await patient_context.remember(portal, request, patient, everything.rows)
         shown = aggregate.apply_filters(everything, filters) if filters else everything
         return everything, shown, filters, filter_error
 
@@ -208,7 +238,8 @@ def build_app(portal: Portal) -> web.Application:
         query = urlencode({k: v for k, v in request.query.items() if v})
         return render(request, "patient.html", status=400 if filter_error else 200, result=shown, rows=shown.rows,
                       filters=filters or aggregate.Filters(), filter_error=filter_error, choices=choices,
-                      query=query, filtered=bool(query))
+                      query=query, filtered=bool(query), total=len(everything.rows),
+                      can_import=_can_import(settings, request.get("session")))
 
     @routes.get("/api/patients/{patient_id}/documents")
     async def patient_json(request: web.Request) -> web.Response:
@@ -223,24 +254,69 @@ def build_app(portal: Portal) -> web.Application:
         require_session(request)
         return await view_document(request, portal)
 
+    @routes.get("/api/studies/{study_uid}")
+    async def study_json(request: web.Request) -> web.Response:
+        """Whether a study's images can be shown now, and if not why (what the viewer page checks)."""
+        require_session(request)
+        uid = request.match_info["study_uid"]
+        if not dicomweb_proxy.is_uid(uid):
+            raise web.HTTPBadRequest(text=f"{uid!r} is not a valid Study Instance UID")
+        state = await study_state.study_state(portal, uid)
+        return web.json_response(state.to_json(), status=state.http_status)
+
+    async def study_guard(request: web.Request) -> web.StreamResponse | None:
+        """The viewer opened on studies: a page saying why, instead of an empty viewer, when one cannot be shown."""
+        require_session(request)
+        uids = viewer.requested_studies(request)
+        wrong = [u for u in uids if not dicomweb_proxy.is_uid(u)]
+        if not uids or wrong or len(uids) > MAX_VIEWER_STUDIES:
+            said = (f"{', '.join(repr(u) for u in wrong[:3])} is not a valid Study Instance UID" if wrong else
+                    f"open between 1 and {MAX_VIEWER_STUDIES} studies at a time")
+            return message(request, "Cannot open the viewer", said, 400)
+        states = await asyncio.gather(*(study_state.study_state(portal, u) for u in uids))
+        refused = [s for s in states if not s.ok]
+        if not refused:
+            return None
+        opened = await patient_context.open_patient(portal, request)
+        return render(request, "study_unavailable.html", status=refused[0].http_status, states=refused,
+                      patient_id=opened[0] if opened else None)
+
     @routes.get("/health")
     async def health(request: web.Request) -> web.StreamResponse:
         return await database_health(portal.pool)(request)
 
     routes.static("/static", HERE / "static")
     app.add_routes(routes)
-    app.add_routes(dicomweb_proxy.build_routes(portal.locate, require_session, client=lambda: portal.http))
-    app.add_routes(viewer_routes(viewer.DEFAULT_OHIF_DIR))
+    app.add_routes(dicomweb_proxy.build_routes(
+        portal.locate, require_session, client=lambda: portal.http,
+        patient_studies=lambda request: patient_context.patient_studies(portal, request),
+        upstream_headers=portal.xua.http_headers if portal.xua else None))
+    app.add_routes(viewer_routes(viewer.DEFAULT_OHIF_DIR, study_guard))
     import_study.install(app, portal)
     app.add_routes(admin.build_routes(portal))
+    app.add_routes(audit_search.build_routes(portal))
     return app
 
 
-def viewer_routes(ohif_dir: Path) -> list[web.RouteDef]:
+async def audit_sign_in(request: web.Request, portal: Portal, user: str | None, failure: str | None, *,
+                        login: bool = True) -> None:
+    """The ATNA User Authentication record of a sign-in (failed when ``failure`` says why) or sign-out."""
+    if portal.auditor is None:
+        return
+    event = user_authentication_event(login=login, user=user or "unknown user", user_nap=request.remote,
+                                      node=portal.settings.base_url, node_nap=request.url.host,
+                                      source_id=portal.auditor.source_id, success=failure is None, reason=failure)
+    try:
+        await portal.auditor.arecord(event)
+    except Exception:
+        log.exception("ALARM: the audit record of a sign-in could not be written")
+
+
+def viewer_routes(ohif_dir: Path, guard: viewer.Guard | None = None) -> list[web.RouteDef]:
     """OHIF at /viewer/ reading the portal's own /dicomweb proxy; without the installed viewer, /viewer/
     answers 503 saying how to install it (the rest of the portal works without it)."""
     try:
-        return viewer.build_routes(ohif_dir, "/dicomweb")
+        return viewer.build_routes(ohif_dir, "/dicomweb", guard)
     except FileNotFoundError as exc:
         log.warning("the OHIF viewer is not installed (%s): run scripts/install-ohif.sh", exc)
         reason = "the image viewer is not installed on this portal: run scripts/install-ohif.sh"
@@ -312,9 +388,17 @@ async def open_portal(settings: PortalSettings, database_url: str) -> Portal:
     if applied:
         log.info("applied portal migrations: %s", ", ".join(applied))
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300))
-    soap = SoapClient(timeout=300, connect_timeout=10)
+    signer = PortalXua.from_settings(settings)
+    auditor = open_auditor(settings, "xds-portal")
+    # Every ITI-18 / ITI-43 / RAD-69 carries the current user's assertion, and is audited as its requester.
+    soap = SoapClient(timeout=300, connect_timeout=10, security_provider=signer.security if signer else None,
+                      on_exchange=ClientAudit(auditor, settings.base_url, user=caller_user, extra=caller_objects)
+                      if auditor is not None else None)
     oidc = OidcClient(settings) if settings.oidc_issuer else None
-    return Portal(settings=settings, pool=pool, http=http, soap=soap, oidc=oidc)
+    if signer is None:
+        log.warning("no --xua-signing-key: the portal's requests carry no XUA assertion (services that require "
+                    "one will refuse them)")
+    return Portal(settings=settings, pool=pool, http=http, soap=soap, oidc=oidc, xua=signer, auditor=auditor)
 
 
 async def _purge_sessions(portal: Portal, every: float = 300.0) -> None:
