@@ -176,8 +176,21 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return ""
 
 
-def start_region(run: Run) -> None:
-    """xds-local without demo data, in its own process group (a Ctrl-C reaches only us; we stop it)."""
+def start_region(run: Run, attempts: int = 5) -> None:
+    """xds-local without demo data, in its own process group (a Ctrl-C reaches only us; we stop it); on
+    other ports when one of its ports is taken (xds-local then exits with 2 at once)."""
+    for _ in range(attempts - 1):
+        try:
+            return start_region_once(run)
+        except RuntimeError:
+            if run.region is None or run.region.returncode != 2:
+                raise
+            run.offset = 20000 + random.randrange(1500) * 10
+            print(f"a port was taken: xds-local again with port offset {run.offset}", flush=True)
+    return start_region_once(run)
+
+
+def start_region_once(run: Run) -> None:
     log = run.work / "xds-local.log"
     cmd = [sys.executable, "-m", "local_network.cli", "--data-dir", str(run.work / "region"), "--port-offset",
            str(run.offset), "--database-prefix", run.prefix, "--quiet-period", "1", "--no-demo-data",
