@@ -176,16 +176,22 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return ""
 
 
+def free_offset() -> int:
+    """A --port-offset keeping every port of the region (2575 to 11114 before the offset) below Linux's
+    ephemeral range (32768 and up), where any outgoing connection may take a port first."""
+    return 12000 + random.randrange(960) * 10
+
+
 def start_region(run: Run, attempts: int = 5) -> None:
     """xds-local without demo data, in its own process group (a Ctrl-C reaches only us; we stop it); on
-    other ports when one of its ports is taken (xds-local then exits with 2 at once)."""
+    other ports when one of its ports is taken meanwhile."""
     for _ in range(attempts - 1):
         try:
             return start_region_once(run)
         except RuntimeError:
-            if run.region is None or run.region.returncode != 2:
+            if run.region is None or "already in use" not in (run.work / "xds-local.log").read_text(errors="replace"):
                 raise
-            run.offset = 20000 + random.randrange(1500) * 10
+            run.offset = free_offset()
             print(f"a port was taken: xds-local again with port offset {run.offset}", flush=True)
     return start_region_once(run)
 
@@ -319,12 +325,44 @@ def write_ct(folder: Path, patient: dict, hospital, count: int) -> tuple[str, li
     return study_uid, sorted(folder.glob("*.dcm"))
 
 
-async def registered(registry_url: str, patient: dict) -> int:
+def portal_assertion(run: Run):
+    """A function making the XUA assertion the region's portal would send for a clinician (xds-local requires
+    one on ITI-18 and DICOMweb; its key is in the region's data folder), or None when the region has none."""
+    from consumer.portal.sessions import PortalSession
+    from consumer.portal.settings import PortalSettings
+    from consumer.portal.xua import Caller, PortalXua
+    from local_network.security import PORTAL_ISSUER
+
+    folder = run.work / "region" / "security"
+    if not (folder / "portal-xua.key").exists():
+        return None
+    xua = PortalXua.from_settings(PortalSettings.from_dict({
+        "xua_signing_key": str(folder / "portal-xua.key"), "xua_signing_cert": str(folder / "portal-xua.pem"),
+        "xua_issuer": PORTAL_ISSUER}))
+    caller = Caller(PortalSession("bench.portal", "clinician", "hospital-a", "", "bench-portal"))
+    return lambda: xua.assertion(caller)
+
+
+def soap_security(run: Run):
+    from ihe.xua.assertion import security_header
+
+    make = portal_assertion(run)
+    return None if make is None else (lambda url, action: security_header(make()))
+
+
+def http_authorization(run: Run) -> dict[str, str]:
+    from ihe.xua.assertion import authorization_header
+
+    make = portal_assertion(run)
+    return {} if make is None else authorization_header(make())
+
+
+async def registered(registry_url: str, patient: dict, security=None) -> int:
     from consumer.client.query import find_documents
     from consumer.client.soap import SoapClient
     from ihe.nhs import NHS_NUMBER_OID
 
-    async with SoapClient(timeout=60) as client:
+    async with SoapClient(timeout=60, security_provider=security) as client:
         return len(await find_documents(client, registry_url, f"{patient['nhs_number']}^^^&{NHS_NUMBER_OID}&ISO"))
 
 
@@ -354,7 +392,8 @@ def load_patient(run: Run, sizes: Sizes, storescu: str) -> tuple[dict, str, list
     print(f"CT sent to {region[0].name} at {sent['rate']:.0f} images/s", flush=True)
     registry = f"http://127.0.0.1:{run.port(8010)}/registry"
     deadline = time.monotonic() + 600
-    while (found := asyncio.run(registered(registry, patient))) < sizes.documents:
+    security = soap_security(run)
+    while (found := asyncio.run(registered(registry, patient, security))) < sizes.documents:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {found} of {sizes.documents} documents registered after 10 minutes")
         time.sleep(1)
@@ -482,10 +521,8 @@ async def browser_runs(portal: str, cookies: list[dict], nhs: str, ct_uid: str, 
 # --- QIDO-RS side by side ----------------------------------------------------------------------------
 
 
-def timed_qido(url: str, cookie: str | None = None) -> float:
-    headers = {"Accept": "application/dicom+json"}
-    if cookie:
-        headers["Cookie"] = cookie
+def timed_qido(url: str, more: dict[str, str]) -> float:
+    headers = {"Accept": "application/dicom+json", **more}
     t0 = time.perf_counter()
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
         body = response.read()
@@ -641,15 +678,19 @@ def measure(run: Run, sizes: Sizes, storescu: str, orthanc: str, hold: bool = Fa
     o_http, o_dicom, proc = start_orthanc(orthanc, run.work, "orthanc")
     run.procs.append(proc)
     send(storescu, "ORTHANC", o_dicom, ct_files, 2)
-    urls = {"portal proxy": (f"{portal}/dicomweb/studies/{ct_uid}/series", f"xds_portal_session={cookie}"),
-            "xds-imaging-source": (f"http://127.0.0.1:{run.port(8040)}/dicomweb/studies/{ct_uid}/series", None),
-            "Orthanc": (f"http://127.0.0.1:{o_http}/dicom-web/studies/{ct_uid}/series", None)}
+    # The portal's cookie; directly at our imaging source, the XUA assertion the portal would add (made before
+    # each request, as the proxy makes one per request; the time is the request's only); Orthanc: nothing.
+    urls = {"portal proxy": (f"{portal}/dicomweb/studies/{ct_uid}/series",
+                             lambda: {"Cookie": f"xds_portal_session={cookie}"}),
+            "xds-imaging-source": (f"http://127.0.0.1:{run.port(8040)}/dicomweb/studies/{ct_uid}/series",
+                                   lambda: http_authorization(run)),
+            "Orthanc": (f"http://127.0.0.1:{o_http}/dicom-web/studies/{ct_uid}/series", dict)}
     qido: dict[str, list[float]] = {who: [] for who in urls}
-    for url, c in urls.values():
-        timed_qido(url, c)  # warm-up
+    for url, headers in urls.values():
+        timed_qido(url, headers())  # warm-up
     for _ in range(sizes.qido_runs):
-        for who, (url, c) in urls.items():
-            qido[who].append(timed_qido(url, c))
+        for who, (url, headers) in urls.items():
+            qido[who].append(timed_qido(url, headers()))
     results["qido_series_ms"] = {who: stats(v) for who, v in qido.items()}
     print("QIDO-RS series p50: " + ", ".join(f"{w} {stats(v)['p50']:.1f} ms" for w, v in qido.items()), flush=True)
     return {"results": results, "load_start": load_start, "load_end": load(),
@@ -662,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     server = choose_server(args.database_url)
     outer = Path(tempfile.mkdtemp(prefix="bench-portal-"))
     run = Run(work=outer / "work", server_url=server, prefix=f"xds_bench_portal_{uuid.uuid4().hex[:8]}_",
-              offset=20000 + random.randrange(1500) * 10)
+              offset=free_offset())
     run.work.mkdir()
     # SIGTERM as Ctrl-C, so that the clean-up below runs either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
