@@ -32,7 +32,11 @@ async def open_source(settings: ImagingSourceSettings, database_url: str) -> Ima
         applied = await migrate(conn, "imaging_source")
     if applied:
         log.info("applied imaging source migrations: %s", ", ".join(applied))
-    return ImagingSource(settings=settings, pool=pool, storage=FileStorage(settings.storage_dir))
+    storage = FileStorage(settings.storage_dir)
+    swept = await asyncio.to_thread(storage.sweep_incoming)
+    if swept:
+        log.warning("removed %d half-received instance files left by an earlier stop", swept)
+    return ImagingSource(settings=settings, pool=pool, storage=storage)
 
 
 def _json_safe(row: dict) -> dict:
@@ -98,11 +102,9 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
     await site.start()
     tracker = Tracker(source)
-    scp = start_storage_scp(source.storage, source.pool, asyncio.get_running_loop(), scp_config(settings),
-                            shared_port=settings.dicom_workers > 1,
-                            on_stored=dicom_audit.on_stored if dicom_audit is not None else None)
-    if dicom_audit is not None:
-        dicom_audit.bind(scp)  # C-STORE ingest: one audit record per association
+    # C-STORE ingest: one audit record per association
+    scp = await start_storage_scp(source.storage, source.pool, scp_config(settings), audit=dicom_audit,
+                                  shared_port=settings.dicom_workers > 1)
     workers = start_workers(settings, database_url) if settings.dicom_workers > 1 else []
     task = asyncio.create_task(tracker.run())
     print(f"imaging source: HTTP (RAD-69 {rad69.PATH}, WADO-URI {wado_uri.PATH}, WADO-RS {wado_rs.PREFIX}, /status) "
@@ -116,7 +118,7 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     finally:
         task.cancel()
         await asyncio.to_thread(stop_workers, workers)
-        await asyncio.to_thread(scp.shutdown)
+        await scp.stop()
         await runner.cleanup()
         if tracker.client is not None:
             await tracker.client.close()

@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_retry(settings, database_url, args.paths))
         if args.command == "status":
             return asyncio.run(_status(settings, database_url, args.all))
+        from ihe.eventloop import run
         from imaging_source.app import serve
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, database_url))
+            run(serve(settings, database_url))
         return 0
     finally:
         del embedded  # the embedded server stops when its last user goes

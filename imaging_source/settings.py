@@ -20,6 +20,8 @@ OPTIONS: list[Option] = [
     Option("dicom-port", "DICOM port of the Storage SCP (C-ECHO, C-STORE)", 11112, int),
     Option("dicom-workers", "processes sharing the DICOM port (associations are spread over them; the DICOM "
            "stack is CPU-bound in one Python process, so about one per core)", 1, int),
+    Option("dicom-max-associations", "DICOM associations served at once per process; more are refused "
+           "(transient, local limit exceeded)", 10, int),
     Option("storage-dir", "folder where received DICOM instances are kept", "data/imaging_source/instances", Path),
     Option("database-url", "PostgreSQL URL; when absent an embedded PostgreSQL is started in --data-dir"),
     Option("data-dir", "folder for the embedded PostgreSQL's data", "data/imaging_source", Path),
@@ -76,6 +78,7 @@ class ImagingSourceSettings:
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     dicom_workers: int = 1
+    dicom_max_associations: int = 10
     storage_dir: Path = Path("data/imaging_source/instances")
     database_url: str | None = None
     data_dir: Path = Path("data/imaging_source")
