@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -77,8 +78,9 @@ def need(tool: str, package: str) -> str:
     return path
 
 
-def make_study(folder: Path, count: int) -> tuple[str, int]:
-    """``count`` CT instances of 512x512 16-bit pixels (a synthetic phantom with noise) in one series."""
+def make_study(folder: Path, count: int, edit: Callable[[pydicom.Dataset, int], None] | None = None) -> tuple[str, int]:
+    """``count`` CT instances of 512x512 16-bit pixels (a synthetic phantom with noise) in one series;
+    ``edit(dataset, n)`` may change each one (another patient, positions) before it is written."""
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     study_uid, series_uid = generate_uid(), generate_uid()
     rng = np.random.default_rng(7)
@@ -97,6 +99,8 @@ def make_study(folder: Path, count: int) -> tuple[str, int]:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         pixels = (body + rng.integers(0, 200, (512, 512)) + n).astype(np.uint16)
         ds.PixelData = pixels.tobytes()
+        if edit is not None:
+            edit(ds, n)
         path = folder / f"{n:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
