@@ -12,6 +12,7 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
 GIB = 1024 * 1024 * 1024
@@ -41,6 +42,7 @@ OPTIONS: list[Option] = [
     Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
            None, Path),
     *AUDIT_OPTIONS,
+    *TLS_OPTIONS,
 ]
 
 
@@ -70,6 +72,11 @@ class RepositorySettings:
     audit_ca_file: str | None = None
     audit_source_id: str | None = None
     audit_ack: str = "repository"
+
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RepositorySettings:
