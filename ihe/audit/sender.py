@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ihe import tls
 from ihe.audit.spool import Spool
 from ihe.audit.syslog import FrameReader, SyslogError, frame
 
@@ -128,8 +129,9 @@ class Sender:
                 delay = 0.2
             except (OSError, SyslogError) as exc:
                 self._close()
+                why = tls.reason(exc)  # a refused certificate, in words (not "[SSL] ..." codes)
                 log.warning("audit: %d records wait, repository %s://%s:%d not reachable: %s", len(self.spool),
-                            *self._destination_parts(), exc)
+                            *self._destination_parts(), f"TLS refused: {why}" if why else exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry_max)
 
