@@ -64,6 +64,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
     signer = make_signer(PORTAL_ISSUER, "portal")
     tmp = Path(tempfile.mkdtemp(prefix="xua-bench-"))
     trust = write_trust_file(tmp, [signer])
@@ -146,8 +147,9 @@ async def run(args: argparse.Namespace) -> None:
     print(f"validate one ITI-18 envelope in-process: p50 {statistics.median(times):.3f} ms, p99 "
           f"{pct(times, 0.99):.3f} ms (parse alone p50 {statistics.median(parse_only):.3f} ms)")
     print(f"\n### TLS + XUA cost: ITI-18 FindDocuments (20 entries), {args.queries} per cell, interleaved\n")
-    print(f"{datetime.now(UTC):%Y-%m-%d}, {platform.machine()} {os.cpu_count()} cores, load average "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine)\n")
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} {os.cpu_count()} cores, load average "
+          f"{load_before[0]:.2f} at the start, {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end (shared "
+          "machine)\n")
     print("| mode | kept-alive p50 ms | p99 ms | x plain | new connection p50 ms | p99 ms | x plain |")
     print("|---|---|---|---|---|---|---|")
     base = {keep: statistics.median(results["plain", keep]) for keep in (True, False)}
