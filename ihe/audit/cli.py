@@ -26,8 +26,8 @@ OPTIONS: list[Option] = [
     Option("tls-port", "syslog over TLS port (RFC 5425)", 6514, int),
     Option("tls-cert", "PEM certificate (chain) of this repository; the TLS listener needs it"),
     Option("tls-key", "PEM private key of --tls-cert"),
-    Option("tls-client-ca", "CA certificates (PEM) client certificates must chain to (mutual TLS); when absent "
-           "clients are not asked for one"),
+    Option("tls-client-ca", "CA certificates (PEM) client certificates must chain to (mutual TLS, RFC 5425; each "
+           "refused sender is logged in one line); when absent clients are not asked for one"),
     Option("udp-port", "syslog over UDP port (RFC 5426); off when absent", None, int),
     Option("tcp-port", "plain TCP syslog port with octet counting, unencrypted (experiments only); off when absent",
            None, int),
@@ -58,6 +58,7 @@ class AuditSettings:
 def server_ssl_context(cert: str, key: str | None, client_ca: str | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(tls.STRONG_CIPHERS)
     ctx.load_cert_chain(cert, key)
     if client_ca:
         ctx.load_verify_locations(client_ca)

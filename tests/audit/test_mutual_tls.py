@@ -72,4 +72,5 @@ def test_a_sender_without_a_certificate_of_the_domain_is_refused_with_one_line(r
                 else "the client's certificate is not issued by the affinity domain's CA")
     line = repository.output.wait_for(expected, 10)
     assert line.count("refused") == 1 and f"syslog-TLS port {repository.port}" in line, line
-    assert any("not reachable" in r.getMessage() for r in caplog.records), caplog.text
+    assert any("not reachable" in r.getMessage() and "refuses this node's certificate" in r.getMessage()
+               for r in caplog.records), caplog.text
