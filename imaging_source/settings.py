@@ -63,6 +63,9 @@ OPTIONS: list[Option] = [
            "sent) or off (mutual TLS alone)", "off", xua_mode),
     Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
            None, Path),
+    Option("access-policy-url", "the registry's access decision endpoint (http://REGISTRY:8010/policy/decisions); "
+           "when set every retrieval is asked there first and refused when denied; when absent there is no access "
+           "policy"),
     *AUDIT_OPTIONS,
 ]
 
@@ -105,6 +108,7 @@ class ImagingSourceSettings:
     log_level: str = "INFO"
     xua: str = "off"
     xua_trust: Path | None = None
+    access_policy_url: str | None = None
 
     audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
     audit_spool_dir: Path | None = None

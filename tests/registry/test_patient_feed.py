@@ -102,7 +102,7 @@ def _error(text: str) -> HL7Error:
     (adt("A40", nhs_cx("9000000017"), structure="ADT_A39"), "AE", "101", ("MRG", 1, 0, 0, 0), "MRG segment"),
     (adt("A40", nhs_cx("9000000017"), mrg=hosp_a_cx("A1")), "AE", "101", ("PID", 1, 3, 0, 0),
      "assigning authority of MRG-1"),
-    (adt("A03", nhs_cx("9000000017")), "AR", "201", ("MSH", 1, 9, 0, 0), "ADT event A03 is not supported"),
+    (adt("A11", nhs_cx("9000000017")), "AR", "201", ("MSH", 1, 9, 0, 0), "ADT event A11 is not supported"),
     (adt("A01", nhs_cx("9000000017")).replace("ADT^A01^ADT_A01", "ORM^O01"), "AR", "200", ("MSH", 1, 9, 0, 0),
      "message type ORM"),
     (adt("A01", nhs_cx("9000000017"), version="2.4"), "AR", "203", ("MSH", 1, 12, 0, 0), "2.4 in MSH-12"),
@@ -317,7 +317,7 @@ async def test_listener_survives_bad_input(feed):
         ack = await peer.send_raw(b"\x0b" + "MSH|^~\\&|X|Y|||||ADT^A01|Z|P|2.5\rPID|||\xe9t\xe9^^^HA".encode("latin-1")
                                   + b"\x1c\r")
         assert get(ack, "MSA.F1") == "AA"  # not UTF-8: read as ISO 8859-1
-        ack = await peer.send(adt("A03", nhs_cx("9000000017")))
+        ack = await peer.send(adt("A11", nhs_cx("9000000017")))
         assert get(ack, "MSA.F1") == "AR" and get(ack, "ERR.F3.R1.C1") == "201"
         # An ACK is never acknowledged: the next answer is the next message's.
         peer.writer.write(b"\x0b" + build_ack(parsed(adt("A01", nhs_cx("9000000017")))).encode() + b"\x1c\r")

@@ -1,0 +1,70 @@
+"""How a retrieval point (repository, imaging source) asks the registry's access policy.
+
+One small interface, :class:`PolicyClient`, so the transport (today ``POST /policy/decisions`` at the
+registry, see registry.policy_endpoint) can change without touching a handler. It fails closed: when
+the registry cannot be asked, everything is denied with a reason saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import aiohttp
+
+from ihe.policy.model import Decision, Requester
+
+log = logging.getLogger(__name__)
+
+
+class PolicyClient:
+    """Decisions for one retrieval point (``repository``: its repositoryUniqueId) from ``url``."""
+
+    def __init__(self, url: str, repository: str, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self.repository = repository
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _ask(self, requester: Requester, documents: list[str], studies: list[str]) -> dict:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        payload = {"requester": requester.as_json(), "repository": self.repository, "documents": documents,
+                   "studies": studies}
+        async with self._session.post(self.url, json=payload) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+            return await response.json()
+
+    async def decide(self, requester: Requester, *, documents: Iterable[str] = (),
+                     studies: Iterable[str] = ()) -> tuple[dict[str, Decision], dict[str, Decision]]:
+        """(decisions by document uniqueId, decisions by study UID); every one a denial if the registry fails."""
+        documents = list(dict.fromkeys(documents))
+        studies = list(dict.fromkeys(studies))
+        if not documents and not studies:
+            return {}, {}
+        try:
+            answer = await self._ask(requester, documents, studies)
+            return (self._read(answer.get("documents"), documents), self._read(answer.get("studies"), studies))
+        except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError) as exc:
+            log.error("access policy at %s could not be asked: %s", self.url, exc)
+            refusal = Decision(False, f"the access policy could not be consulted ({exc}); nothing is served",
+                               "unavailable")
+            return {d: refusal for d in documents}, {s: refusal for s in studies}
+
+    @staticmethod
+    def _read(answer: object, asked: list[str]) -> dict[str, Decision]:
+        got = answer if isinstance(answer, dict) else {}
+        result = {}
+        for uid in asked:
+            d = got.get(uid)
+            if isinstance(d, dict) and isinstance(d.get("permit"), bool):
+                result[uid] = Decision(d["permit"], str(d.get("reason") or ""), str(d.get("basis") or ""))
+            else:
+                result[uid] = Decision(False, "the access policy gave no decision", "unavailable")
+        return result
