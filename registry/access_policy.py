@@ -136,8 +136,11 @@ async def filter_objects(pool: asyncpg.Pool, config: PolicyConfig, requester: Re
         docs = {str(r["id"]): r for r in await conn.fetch(
             "SELECT id, patient_id, repository_unique_id, confidentiality_code, class_code, type_code"
             " FROM document_entry WHERE id = ANY($1::uuid[])", wanted_list)}
+        # A SubmissionSet's owner: its sourceId's organisation, else the one holding its first document.
         sets = {str(r["id"]): r for r in await conn.fetch(
-            "SELECT id, patient_id, source_id FROM submission_set WHERE id = ANY($1::uuid[])", wanted_list)}
+            "SELECT s.id, s.patient_id, s.source_id, (SELECT d.repository_unique_id FROM association a"
+            " JOIN document_entry d ON d.id = a.target WHERE a.source = s.id LIMIT 1) AS member_repository"
+            " FROM submission_set s WHERE s.id = ANY($1::uuid[])", wanted_list)}
         folders = {str(r["id"]): r for r in await conn.fetch(
             "SELECT id, patient_id FROM folder WHERE id = ANY($1::uuid[])", wanted_list)}
         cache = FactCache(conn, config, now)
@@ -149,8 +152,10 @@ async def filter_objects(pool: asyncpg.Pool, config: PolicyConfig, requester: Re
                                       document_facts(config, row), now)
             elif oid in sets:
                 row = sets[oid]
+                owner = config.owner_of_source(row["source_id"]) or config.owner_of_repository(
+                    row["member_repository"])
                 verdict[oid] = decide(config, requester, await cache.facts(row["patient_id"]),
-                                      DocumentFacts(owner=config.owner_of_source(row["source_id"])), now)
+                                      DocumentFacts(owner=owner), now)
             elif oid in folders:
                 verdict[oid] = decide(config, requester, await cache.facts(folders[oid]["patient_id"]), None, now)
     kept, denied = [], []
