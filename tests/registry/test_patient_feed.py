@@ -58,7 +58,7 @@ def parsed(text: str) -> hl7.Message:
 
 
 @pytest.mark.parametrize("version", ["2.3.1", "2.5"])
-@pytest.mark.parametrize("event", ["A01", "A04", "A05", "A08"])
+@pytest.mark.parametrize("event", ["A01", "A03", "A04", "A05", "A08"])
 def test_record_events_keep_every_identifier(version, event):
     pid3 = f"{nhs_cx('9434765919')}~{hosp_a_cx('A100')}~B200^^^HOSPB"
     command = parse_feed(parsed(adt(event, pid3, version=version)))
@@ -66,6 +66,7 @@ def test_record_events_keep_every_identifier(version, event):
         (Identifiable("9434765919", NHS, "NHS"), Identifiable("A100", HOSP_A, "HOSPA"),
          Identifiable("B200", None, "HOSPB")),
         Demographics("Smith", "Jane", "19800102", "F"),
+        event, ("HOSPA", None),  # the sending facility (MSH-4): whose care relationship, for the access policy
     )
 
 
