@@ -52,6 +52,37 @@ HOSPITALS = (
 )
 
 
+def organisation_id(h: Hospital) -> str:
+    """The hospital's organisation OID (its hospital-number OID's parent), as XUA assertions name it."""
+    return h.hospital_number_oid.rsplit(".", 1)[0]
+
+
+def access_policy_file(data_dir: Path) -> Path:
+    """The region's access policy (ihe.policy.config), written at the first start; edit it to change the rules.
+
+    Relationships come from each hospital's own ADT feed (MSH-4 its namespace), as the demo data sends them.
+    ``anonymous = "permit"``: on one machine every service calls from 127.0.0.1, so a request without an XUA
+    identity cannot be told from the services' own (a repository settling a submission, the demo loader);
+    requests that carry an identity (the portal's, with XUA) are decided by the rules. Set it to "deny" once
+    every caller is named (XUA required, mutual TLS)."""
+    path = data_dir / "policy" / "access-policy.toml"
+    if path.exists():
+        return path
+    lines = ["# xds-local's access policy (see README: access policy). Written once; edit freely.",
+             'anonymous = "permit"', "relationship-days-after-discharge = 30", "referral-days = 90",
+             "break-glass-minutes = 240", "break-glass-when-opted-out = false", ""]
+    for h in HOSPITALS:
+        lines += ["[[organisations]]", f'id = "{organisation_id(h)}"',
+                  f'names = ["{h.name}", "Hospital {h.name[-1].upper()}"]',
+                  f'repositories = ["{h.repository_unique_id}"]', f'feeds = ["{h.namespace}"]', ""]
+    lines += ["# Example: sexual health reports only for hospital C", "[[restrictions]]", 'name = "sexual health"',
+              'class-codes = ["SH^^^1.3.6.1.4.1.21367.2026.0.1"]',
+              f'organisations = ["{organisation_id(HOSPITALS[2])}"]', ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def database_url(server_url: str, name: str) -> str:
     parts = urlsplit(server_url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
@@ -79,11 +110,14 @@ class Service:
 def services(args: argparse.Namespace, server_url: str) -> list[Service]:
     host, o, prefix = args.host, args.port_offset, args.database_prefix
     registry_url = f"http://{host}:{args.registry_port + o}/registry"
+    policy = (["--access-policy", str(access_policy_file(args.data_dir))] if args.access_policy == "on" else [])
+    decisions = (["--access-policy-url", f"http://{host}:{args.registry_port + o}/policy/decisions"]
+                 if args.access_policy == "on" else [])
     py = sys.executable
     found = [Service("registry", [
         py, "-m", "registry.cli", "--host", host, "--port", str(args.registry_port + o), "--mllp-host", host,
         "--mllp-port", str(args.mllp_port + o), "--database-url", database_url(server_url, f"{prefix}registry"),
-        "--affinity-domain-oid", NHS_NUMBER_OID], f"{prefix}registry",
+        "--affinity-domain-oid", NHS_NUMBER_OID, *policy], f"{prefix}registry",
         (Listener("HTTP", args.registry_port + o), Listener("MLLP", args.mllp_port + o)))]
     for h in HOSPITALS:
         db = prefix + h.name.replace("-", "_")
@@ -91,7 +125,7 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
             py, "-m", "repository.cli", "--host", host, "--port", str(h.repository_port + o),
             "--repository-unique-id", h.repository_unique_id, "--registry-url", registry_url,
             "--storage-dir", str(args.data_dir / h.name / "documents"),
-            "--database-url", database_url(server_url, f"{db}_repository")], f"{db}_repository",
+            "--database-url", database_url(server_url, f"{db}_repository"), *decisions], f"{db}_repository",
             (Listener("HTTP", h.repository_port + o),)))
         found.append(Service(f"{h.name} imaging source", [
             py, "-m", "imaging_source.cli", "serve", "--host", host, "--port", str(h.imaging_port + o),
@@ -103,7 +137,8 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
             "--registry-url", registry_url,
             "--patient-id-issuer-oid", h.hospital_number_oid, "--patient-id-issuer-namespace", h.namespace,
             "--affinity-domain-oid", NHS_NUMBER_OID, "--pix-host", host, "--pix-port", str(args.mllp_port + o),
-            *(["--quiet-period", str(args.quiet_period)] if args.quiet_period is not None else [])], f"{db}_imaging",
+            *(["--quiet-period", str(args.quiet_period)] if args.quiet_period is not None else []), *decisions],
+            f"{db}_imaging",
             (Listener("HTTP", h.imaging_port + o), Listener("DICOM", h.dicom_port + o, h.ae_title))))
     oidc_port = args.oidc_port + o
     found.append(Service("OpenID Connect provider", [], None, (
@@ -220,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds without a new instance before an imaging source publishes a study's manifest "
                              "(the imaging sources' default when absent)")
     parser.add_argument("--no-demo-data", action="store_true", help="do not load the demo patients and studies")
+    parser.add_argument("--access-policy", choices=("on", "off"), default="on",
+                        help="the regional access policy (DATA-DIR/policy/access-policy.toml, written at the first "
+                             "start): relationships from the hospitals' ADT feeds, opt-outs, break-glass")
     parser.add_argument("--ready-timeout", type=float, default=180.0,
                         help="seconds every service has to become ready before everything is stopped")
     args = parser.parse_args(argv)
