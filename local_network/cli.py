@@ -168,6 +168,7 @@ class PortalWiring:
     database: str  # the name of its database on the region's PostgreSQL server
     database_url: str  # and its URL
     data_dir: Path
+    access_policy_url: str | None = None  # the registry's /policy endpoints when the access policy is on
 
 
 def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_provider.OidcProvider) -> PortalWiring:
@@ -179,7 +180,8 @@ def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_prov
         imaging_sources={h.name: f"http://{host}:{h.imaging_port + o}" for h in HOSPITALS},
         oidc_issuer=provider.issuer, oidc_client_file=provider.client_file,
         database=f"{args.database_prefix}portal",
-        database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal")
+        database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal",
+        access_policy_url=f"http://{host}:{args.registry_port + o}/policy" if args.access_policy == "on" else None)
 
 
 def portal_service(wiring: PortalWiring) -> Service:
@@ -199,6 +201,7 @@ def portal_service(wiring: PortalWiring) -> Service:
         "--oidc-role-claim", "groups", "--oidc-organisation-claim", "groups:org-",
         "--imaging-sources", ";".join(f"{name}|{root}" for name, root in wiring.imaging_sources.items()),
         "--admin-role", "clinician",  # the demo user may open the registry browser
+        *(["--access-policy-url", wiring.access_policy_url] if wiring.access_policy_url else []),
     ], wiring.database, (Listener("HTTP", wiring.port, path="/health"),))
 
 

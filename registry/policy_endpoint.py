@@ -31,12 +31,14 @@ from aiohttp import web
 from ihe.policy.decide import decide, effective
 from ihe.policy.model import Requester
 from registry.access_policy import (
+    break_glass_list,
     decide_documents,
     decide_studies,
     grant_break_glass,
     now_utc,
     patient_facts,
     patient_row,
+    review_break_glass,
 )
 
 if TYPE_CHECKING:
@@ -149,6 +151,34 @@ def add_policy_routes(app: web.Application, registry: Registry) -> None:
         await security_alert(registry, reason, requester.user, request.remote)
         return web.json_response({"granted": True, "expires": expires.isoformat()})
 
+    async def grants(request: web.Request) -> web.Response:
+        """GET: break-glass grants for review (``?all=1``: reviewed ones too); POST {"grant", "by"}: reviewed."""
+        if request.method == "GET":
+            await read_body_check(request)
+            async with registry.pool.acquire() as conn:
+                rows = await break_glass_list(conn, everything=request.query.get("all") in ("1", "true"))
+            return web.json_response([{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
+                                      for r in rows])
+        body = await read_body(request)
+        grant, by = body.get("grant"), body.get("by")
+        if not isinstance(grant, int) or not isinstance(by, str) or not by.strip():
+            raise web.HTTPBadRequest(text="grant (a number) and by (who reviewed it) are required\n")
+        async with registry.pool.acquire() as conn:
+            if not await review_break_glass(conn, grant, by.strip()):
+                raise web.HTTPNotFound(text=f"no break-glass grant {grant}\n")
+        return web.json_response({"reviewed": grant})
+
+    async def read_body_check(request: web.Request) -> None:
+        try:
+            ip = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            ip = None
+        if ip is None or not any(ip in n for n in clients):
+            raise web.HTTPForbidden(text="this address may not use the access policy's endpoints "
+                                         "(--policy-decision-clients)\n")
+
+    app.router.add_get("/policy/grants", grants)
+    app.router.add_post("/policy/grants", grants)
     app.router.add_post(PATH, decisions)
     app.router.add_post("/policy/patient", patient_decision)
     app.router.add_post("/policy/break-glass", break_glass)
