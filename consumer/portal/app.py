@@ -216,7 +216,7 @@ def build_app(portal: Portal) -> web.Application:
 
         session = require_session(request)
         patient = _patient_or_400(request, portal)
-        access = await patient_access(portal, session, patient)
+        access = await patient_access(portal, session, search.patient_cx(patient, settings))
         if access is None or access.permit:
             return None
         if is_api(request):
@@ -234,13 +234,14 @@ def build_app(portal: Portal) -> web.Application:
         patient = _patient_or_400(request, portal)
         form = await request.post()
         code, text = str(form.get("reason_code", "")), str(form.get("reason_text", "")).strip()
+        cx = search.patient_cx(patient, settings)
         refused = "a reason from the list and a free-text explanation are both required" \
-            if not code or not text else await ask(portal, session, patient, code, text)
+            if not code or not text else await ask(portal, session, cx, code, text)
         if refused is None:
             log.warning("break-glass: %s (%s) for patient %s: %s %s", session.user, session.organisation, patient,
                         code, text)
             raise web.HTTPSeeOther(f"/patients/{quote(patient, safe='')}")
-        access = await patient_access(portal, session, patient)
+        access = await patient_access(portal, session, cx)
         return render(request, "access.html", status=403, patient_id=patient, access=access, error=refused)
 
     @routes.get("/patients/{patient_id}")
