@@ -283,12 +283,44 @@ async def refer(conn: asyncpg.Connection, config: PolicyConfig, patient: int, or
 async def set_opt_out(conn: asyncpg.Connection, patient: int, opted_out: bool, origin: str, actor: str | None,
                       reason: str | None) -> None:
     async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO patient_consent (patient, opted_out, origin, changed_by, reason) VALUES ($1, $2, $3, $4, $5)"
-            " ON CONFLICT (patient) DO UPDATE SET opted_out = $2, origin = $3, changed_by = $4, reason = $5,"
-            " changed_at = now()", patient, opted_out, origin, actor, reason)
-        await log_event(conn, "opt-out" if opted_out else "opt-in", patient, None, actor,
-                        f"{origin}: {reason or 'no reason given'}")
+        await write_opt_out(conn, patient, opted_out, origin, actor, reason)
+
+
+async def write_opt_out(conn: asyncpg.Connection, patient: int, opted_out: bool, origin: str, actor: str | None,
+                        reason: str | None) -> None:
+    """The change and its policy_event, in the caller's transaction."""
+    await conn.execute(
+        "INSERT INTO patient_consent (patient, opted_out, origin, changed_by, reason) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (patient) DO UPDATE SET opted_out = $2, origin = $3, changed_by = $4, reason = $5,"
+        " changed_at = now()", patient, opted_out, origin, actor, reason)
+    await log_event(conn, "opt-out" if opted_out else "opt-in", patient, None, actor,
+                    f"{origin}: {reason or 'no reason given'}")
+
+
+def consent_choice(config: PolicyConfig, format_code: str | None, event_codes: Iterable[str]) -> bool | None:
+    """True (opt out), False (opt in) or None for a DocumentEntry: a consent document (BPPC formatCode) naming an
+    opt-out or opt-in policy in its eventCodeList. Opt-out wins when a document names both."""
+    if format_code not in config.consent_format_codes:
+        return None
+    codes = set(event_codes)
+    if codes & config.opt_out_policies:
+        return True
+    if codes & config.opt_in_policies:
+        return False
+    return None
+
+
+async def record_consents(conn: asyncpg.Connection, config: PolicyConfig, documents: Iterable) -> None:
+    """ITI-42: the consent documents of a submission record the patient's choice, in its transaction."""
+    for d in documents:
+        fmt = f"{d.format_code.code}^^^{d.format_code.scheme}" if d.format_code is not None else None
+        choice = consent_choice(config, fmt, [f"{c.code}^^^{c.scheme}" for c in d.event_codes])
+        if choice is None:
+            continue
+        patient = await patient_row(conn, d.patient_id.to_cx() if d.patient_id is not None else None)
+        if patient is not None:
+            await write_opt_out(conn, patient, choice, f"consent document {d.unique_id}", "ITI-42",
+                                "registered consent acknowledgement")
 
 
 async def grant_break_glass(conn: asyncpg.Connection, config: PolicyConfig, patient: int, requester: Requester,

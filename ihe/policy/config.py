@@ -24,6 +24,11 @@ Example (``docs/examples/access-policy.toml``)::
     organisations = ["1.3.6.1.4.1.21367.2026.1"]
     roles = []
 
+    # BPPC consent documents (formatCode urn:ihe:iti:bppc:2007 or bppc-sd) naming one of these policies in their
+    # eventCodeList opt the patient out (in) when registered
+    opt-out-policies = ["OPT-OUT^^^1.3.6.1.4.1.21367.2026.0.2"]
+    opt-in-policies = ["OPT-IN^^^1.3.6.1.4.1.21367.2026.0.2"]
+
     [[nodes]]                               # callers without XUA (until mutual TLS names them)
     network = "10.1.0.0/16"
     organisation = "1.3.6.1.4.1.21367.2026.1"
@@ -61,7 +66,7 @@ def parse_policy(data: dict[str, Any]) -> PolicyConfig:
     data = {str(k).replace("_", "-"): v for k, v in data.items()}
     known = {"anonymous", "relationship-days-after-discharge", "referral-days", "break-glass-minutes",
              "break-glass-when-opted-out", "break-glass-reasons", "trusted-networks", "mfa-acr", "organisations",
-             "restrictions", "nodes"}
+             "restrictions", "nodes", "consent-format-codes", "opt-out-policies", "opt-in-policies"}
     unknown = set(data) - known
     if unknown:
         raise PolicyConfigError(f"unknown keys in the access policy: {', '.join(sorted(unknown))}")
@@ -102,7 +107,9 @@ def parse_policy(data: dict[str, Any]) -> PolicyConfig:
         reasons = tuple((str(k), str(v)) for k, v in dict(data.get("break-glass-reasons") or {}).items())
     except ValueError as exc:
         raise PolicyConfigError(f"access policy: {exc}") from None
-    extra = {"break_glass_reasons": reasons} if reasons else {}
+    extra: dict[str, Any] = {"break_glass_reasons": reasons} if reasons else {}
+    if "consent-format-codes" in data:
+        extra["consent_format_codes"] = _strings(data["consent-format-codes"], "consent-format-codes")
     return PolicyConfig(
         organisations=tuple(orgs),
         relationship_after_discharge=timedelta(days=float(data.get("relationship-days-after-discharge", 30))),
@@ -110,7 +117,9 @@ def parse_policy(data: dict[str, Any]) -> PolicyConfig:
         break_glass_lifetime=timedelta(minutes=float(data.get("break-glass-minutes", 240))),
         break_glass_when_opted_out=bool(data.get("break-glass-when-opted-out", False)),
         anonymous=anonymous, restrictions=tuple(rules), nodes=tuple(nodes), trusted_networks=trusted,
-        mfa_acr=_strings(data.get("mfa-acr"), "mfa-acr"), **extra)
+        mfa_acr=_strings(data.get("mfa-acr"), "mfa-acr"),
+        opt_out_policies=_strings(data.get("opt-out-policies"), "opt-out-policies"),
+        opt_in_policies=_strings(data.get("opt-in-policies"), "opt-in-policies"), **extra)
 
 
 def load_policy_file(path: Path | str) -> PolicyConfig:

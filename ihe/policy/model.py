@@ -135,6 +135,12 @@ class PolicyConfig:
     nodes: tuple[Node, ...] = ()
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     mfa_acr: frozenset[str] = frozenset()
+    # BPPC-style consent documents: a DocumentEntry of one of these formatCodes whose eventCodeList names an
+    # opt-out (opt-in) policy records the patient's choice when it is registered ('code^^^scheme').
+    consent_format_codes: frozenset[str] = frozenset({"urn:ihe:iti:bppc:2007^^^1.3.6.1.4.1.19376.1.2.3",
+                                                      "urn:ihe:iti:bppc-sd:2007^^^1.3.6.1.4.1.19376.1.2.3"})
+    opt_out_policies: frozenset[str] = frozenset()
+    opt_in_policies: frozenset[str] = frozenset()
     _by_name: dict[str, Organisation] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

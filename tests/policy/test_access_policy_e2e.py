@@ -48,6 +48,9 @@ IMAGING_REPOSITORY_ID = "1.3.6.1.4.1.21367.2017.2.4.99"  # tests.imaging_source.
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 GUM_ROLE = "158965000"  # a SNOMED CT role code the restriction lists (the rule is by code)
 RESTRICTED = Code("R", CONFIDENTIALITY, LocalizedString("restricted"))
+BPPC = Code("urn:ihe:iti:bppc:2007", "1.3.6.1.4.1.19376.1.2.3", LocalizedString("BPPC"))
+OPT_OUT = Code("OPT-OUT", "1.3.6.1.4.1.21367.2026.0.2", LocalizedString("no sharing between hospitals"))
+OPT_IN = Code("OPT-IN", "1.3.6.1.4.1.21367.2026.0.2", LocalizedString("sharing for care"))
 DISCHARGE_DAYS = 4 / 86400  # four seconds, so the test can see a relationship end
 
 
@@ -68,7 +71,9 @@ HOSPITALS = {
 
 
 def policy_file(folder: Path) -> Path:
-    lines = [f"relationship-days-after-discharge = {DISCHARGE_DAYS}", "break-glass-minutes = 60", ""]
+    lines = [f"relationship-days-after-discharge = {DISCHARGE_DAYS}", "break-glass-minutes = 60",
+             f'opt-out-policies = ["{OPT_OUT.code}^^^{OPT_OUT.scheme}"]',
+             f'opt-in-policies = ["{OPT_IN.code}^^^{OPT_IN.scheme}"]', ""]
     for key, h in HOSPITALS.items():
         repositories = [h.repository_unique_id] + ([IMAGING_REPOSITORY_ID] if key == "A" else [])
         lines += ["[[organisations]]", f'id = "{h.org}"', f'names = ["{h.name}"]',
@@ -176,10 +181,12 @@ class Doc:
     repository: str  # hospital key
 
 
-async def submit(region: Region, key: str, nhs: str, *, confidential: bool = False) -> Doc:
+async def submit(region: Region, key: str, nhs: str, *, confidential: bool = False, consent: Code | None = None
+                 ) -> Doc:
     patient = f"{nhs}^^^&{NHS_OID}&ISO"
     entry = document_entry(patient, "text/plain", title=f"report of {key}",
-                           confidentiality_codes=[RESTRICTED] if confidential else None)
+                           confidentiality_codes=[RESTRICTED] if confidential else None,
+                           format_code=BPPC if consent else None, event_codes=[consent] if consent else None)
     package = submission_package(patient, [entry], source_id=HOSPITALS[key].org + ".3")
     async with SoapClient(timeout=30) as client:
         result = await provide_and_register(client, region.repositories[key].url, package,
@@ -325,6 +332,20 @@ async def test_opt_out_by_the_administrator_and_back(region):
     assert [k for k, _ in await events(region, nhs)] == ["relationship", "opt-out", "opt-in"]
     unknown = policy_cli(region, "opt-out", "--patient", f"{valid_nhs_number()}^^^&{NHS_OID}&ISO")
     assert unknown.returncode == 1 and "not known" in unknown.stderr
+
+
+async def test_a_registered_consent_document_opts_out_and_back(region):
+    nhs = valid_nhs_number()
+    await adt(region, "A", "A01", nhs)
+    doc_b = await submit(region, "B", nhs)
+    assert await visible(region, "A", nhs, [doc_b]) == {doc_b.unique_id}
+    refusal = await submit(region, "C", nhs, consent=OPT_OUT)  # the patient's acknowledgement, scanned at C
+    assert await visible(region, "A", nhs, [doc_b, refusal]) == set()
+    assert await retrieve(region, "A", doc_b) == (False, ["XDSDocumentUniqueIdError"])
+    assert await visible(region, "C", nhs, [doc_b, refusal]) == {refusal.unique_id}  # its own only
+    await submit(region, "C", nhs, consent=OPT_IN)
+    assert await visible(region, "A", nhs, [doc_b]) == {doc_b.unique_id}
+    assert [k for k, _ in await events(region, nhs)] == ["relationship", "opt-out", "opt-in"]
 
 
 async def break_glass(region: Region, key: str, nhs: str, code: str, text: str, user: str = "dr"):
