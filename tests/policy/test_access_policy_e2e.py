@@ -427,6 +427,9 @@ async def test_imaging_retrieval_points_refuse_without_a_relationship(region, sa
         assert (study.encode() in body) is allowed, (key, status)
         status, body = await http(key, "/dicomweb/studies", "application/dicom+json")
         assert (study.encode() in body) is allowed, (key, status)
+        for level in ("series", "instances"):  # searches across studies are filtered too
+            status, body = await http(key, f"/dicomweb/{level}?StudyInstanceUID={study}", "application/dicom+json")
+            assert (sop.encode() in body or series.encode() in body) is allowed, (key, level, status)
         async with as_user(region, key) as client:
             got, errors, instances = await rad69(client, f"{base}/rad69",
                                                  [(study, series, IMAGING_REPOSITORY_ID, sop)], [EXPLICIT_LE])

@@ -141,3 +141,14 @@ def test_feed_and_repository_owners():
     assert POLICY.organisation_of_feed("PAS", None) is None
     assert POLICY.owner_of_repository("3.1") == C and POLICY.owner_of_repository("9.9") is None
     assert POLICY.owner_of_source("2.3") == B
+
+
+def test_the_documented_example_policy_loads():
+    from pathlib import Path
+
+    from ihe.policy.config import load_policy_file
+
+    example = load_policy_file(Path(__file__).resolve().parents[2] / "docs" / "examples" / "access-policy.toml")
+    assert example.organisation("hospital-b").id == "1.3.6.1.4.1.21367.2026.2"
+    assert [r.name for r in example.restrictions] == ["sexual health"]
+    assert example.opt_out_policies and example.opt_in_policies
