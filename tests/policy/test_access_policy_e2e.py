@@ -93,6 +93,33 @@ class Region:
     policy: Path
     database_url: str
     signer: object
+    audit: list  # the registry's ATNA records (syslog over UDP), as received
+
+
+def udp_collector(running: contextlib.ExitStack) -> tuple[int, list[bytes]]:
+    """A UDP syslog receiver in a thread (an audit repository's side of udp://), for the registry's records."""
+    import socket
+    import threading
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set():
+            try:
+                received.append(sock.recv(65535))
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    running.callback(sock.close)
+    running.callback(thread.join, 5)
+    running.callback(stop.set)
+    return sock.getsockname()[1], received
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +130,11 @@ def region(registry_database_url, new_imaging_database, tmp_path_factory):
     policy = policy_file(tmp)
     xua = ("--xua", "optional", "--xua-trust", trust)
     with contextlib.ExitStack() as running:
+        udp_port, audit = udp_collector(running)
         registry = start_registry_process(registry_database_url, "--affinity-domain-oid", NHS_OID,
-                                          "--access-policy", str(policy), *xua)
+                                          "--access-policy", str(policy), *xua,
+                                          "--audit-repository", f"udp://127.0.0.1:{udp_port}",
+                                          "--audit-spool-dir", str(tmp / "registry-audit"))
         running.callback(registry.stop)
         decisions = f"http://127.0.0.1:{registry.port}/policy/decisions"
         repositories = {}
@@ -120,7 +150,7 @@ def region(registry_database_url, new_imaging_database, tmp_path_factory):
             "--patient-id-issuer-oid", a.hospital_number_oid, "--quiet-period", "1", "--tracker-interval", "0.2",
             "--retry-initial", "0.5", "--retry-max", "1", "--access-policy-url", decisions, *xua)
         running.callback(imaging.stop)
-        yield Region(registry, repositories, imaging, policy, registry_database_url, signer)
+        yield Region(registry, repositories, imaging, policy, registry_database_url, signer, audit)
 
 
 # --- identities and clients -----------------------------------------------------------------------
@@ -380,6 +410,9 @@ async def test_break_glass_for_one_user_for_a_while_listed_for_review(region):
     assert await visible(region, "C", nhs, [doc_b], user="nurse") == set()  # another user of C: no
     assert await retrieve(region, "C", doc_b, user="nurse") == (False, ["XDSDocumentUniqueIdError"])
 
+    alert = await wait_for(lambda: [r for r in region.audit if b"110113" in r and b"unconscious in ED" in r],
+                           what="the break-glass security alert at the audit repository")
+    assert b"Use of Restricted Function" in alert[0] and nhs.encode() in alert[0]
     listed = policy_cli(region, "break-glass")
     assert listed.returncode == 0 and "unconscious in ED" in listed.stdout and nhs in listed.stdout, listed.stderr
     assert ("break-glass", org("C")) in await events(region, nhs)
