@@ -8,7 +8,9 @@
     xds-registry policy review   --grant ID --by NAME  # mark a break-glass grant reviewed
 
 They take the registry's own options (``--database-url``, ``--config``, ``--access-policy``, the
-XDS_REGISTRY_* variables), write to its database, and every change is a ``policy_event`` row.
+XDS_REGISTRY_* variables), write to its database, and every change is a ``policy_event`` row and, with
+``--audit-repository``, an ATNA Security Alert (Security Configuration) sent before the command ends (what
+cannot be sent within ten seconds stays in the audit spool for the next process using it).
 """
 
 from __future__ import annotations
@@ -93,9 +95,35 @@ async def run(args, settings: RegistrySettings, database_url: str) -> int:
                 print(f"xds-registry policy: no break-glass grant {args.grant}", file=sys.stderr)
                 return 1
             print(f"break-glass grant {args.grant}: reviewed by {actor}")
+        if args.command in ("opt-out", "opt-in", "refer", "review"):
+            await asyncio.to_thread(audit_change, settings, args, actor)
     finally:
         await conn.close()
     return 0
+
+
+def audit_change(settings: RegistrySettings, args, actor: str) -> None:
+    from ihe.audit.auditor import open_auditor
+    from ihe.audit.events import ALERT_SECURITY_CONFIGURATION, security_alert_event
+
+    auditor = open_auditor(settings, "xds-registry")
+    if auditor is None:
+        return
+    what = {"opt-out": f"patient {getattr(args, 'patient', '')} opted out of sharing",
+            "opt-in": f"patient {getattr(args, 'patient', '')} opted in to sharing",
+            "refer": f"patient {getattr(args, 'patient', '')} referred to {getattr(args, 'organisation', '')}",
+            "review": f"break-glass grant {getattr(args, 'grant', '')} reviewed"}[args.command]
+    reason = f"access policy change by {actor}: {what}" + (f" ({args.reason})" if getattr(args, "reason", None)
+                                                             else "")
+    try:
+        auditor.record(security_alert_event(alert=ALERT_SECURITY_CONFIGURATION, reason=reason, requestor=actor,
+                                            requestor_nap=None, node="xds-registry policy", node_nap=None,
+                                            source_id=auditor.source_id))
+        if not auditor.sender.drain(10):
+            print("xds-registry policy: the audit record is spooled; the audit repository did not take it yet",
+                  file=sys.stderr)
+    finally:
+        auditor.close()
 
 
 def main(argv: list[str]) -> int:

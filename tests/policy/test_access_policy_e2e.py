@@ -94,6 +94,7 @@ class Region:
     database_url: str
     signer: object
     audit: list  # the registry's ATNA records (syslog over UDP), as received
+    audit_url: str
 
 
 def udp_collector(running: contextlib.ExitStack) -> tuple[int, list[bytes]]:
@@ -150,7 +151,8 @@ def region(registry_database_url, new_imaging_database, tmp_path_factory):
             "--patient-id-issuer-oid", a.hospital_number_oid, "--quiet-period", "1", "--tracker-interval", "0.2",
             "--retry-initial", "0.5", "--retry-max", "1", "--access-policy-url", decisions, *xua)
         running.callback(imaging.stop)
-        yield Region(registry, repositories, imaging, policy, registry_database_url, signer, audit)
+        yield Region(registry, repositories, imaging, policy, registry_database_url, signer, audit,
+                     f"udp://127.0.0.1:{udp_port}")
 
 
 # --- identities and clients -----------------------------------------------------------------------
@@ -280,8 +282,10 @@ def uids(docs: list[Doc]) -> set[str]:
 
 
 def policy_cli(region: Region, *args: str) -> subprocess.CompletedProcess:
+    """The administrator's command, auditing to the same audit repository as the registry."""
     return subprocess.run([sys.executable, "-m", "registry.cli", "policy", "--database-url", region.database_url,
-                           "--access-policy", str(region.policy), *args],
+                           "--access-policy", str(region.policy), "--audit-repository", region.audit_url,
+                           "--audit-spool-dir", str(region.policy.parent / "cli-audit"), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
@@ -360,6 +364,9 @@ async def test_opt_out_by_the_administrator_and_back(region):
     assert await visible(region, "A", nhs, both) == uids(both)
     assert await retrieve(region, "A", doc_b) == (True, [])
     assert [k for k, _ in await events(region, nhs)] == ["relationship", "opt-out", "opt-in"]
+    for change in (b"opted out of sharing (patient's letter)", b"opted in to sharing"):
+        await wait_for(lambda change=change: [r for r in region.audit if b"110113" in r and change in r
+                                              and nhs.encode() in r], what=f"the audit record of {change!r}")
     unknown = policy_cli(region, "opt-out", "--patient", f"{valid_nhs_number()}^^^&{NHS_OID}&ISO")
     assert unknown.returncode == 1 and "not known" in unknown.stderr
 
