@@ -112,3 +112,34 @@ def needs_second_factor(portal: Portal, request: web.Request, acr: str | None) -
     """True when the user connects from outside ``--trusted-networks`` and the sign-in's acr is not one of
     ``--mfa-acr`` (the provider's multi-factor authentication contexts)."""
     return off_trusted_network(portal, request) and acr not in portal.settings.mfa_acr_list
+
+
+GUARDED = ("/dicomweb/studies/{study}", "/documents/{repository_unique_id}/{document_unique_id}")
+
+
+def guard(portal: Portal):
+    """Middleware: a report (``/documents/..``) or a study through the DICOMweb proxy is opened only when the
+    registry's policy permits it for the signed-in user (403 with the reason otherwise), so a link or a guessed
+    uniqueId does not get around the patient page's answer."""
+
+    @web.middleware
+    async def access(request: web.Request, handler):
+        session = request.get("session")
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else ""
+        if portal.settings.access_policy_url and session is not None and canonical.startswith(GUARDED):
+            study = request.match_info.get("study")
+            documents = [] if study else [request.match_info.get("document_unique_id", "")]
+            try:
+                status, answer = await _post(portal, "/decisions", {
+                    "requester": requester(session), "documents": documents, "studies": [study] if study else []})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise web.HTTPServiceUnavailable(text=f"the access policy could not be asked ({exc})") from None
+            kind, uid = ("studies", study) if study else ("documents", documents[0])
+            decision = answer.get(kind, {}).get(uid) if status == 200 and isinstance(answer, dict) else None
+            if not isinstance(decision, dict) or decision.get("permit") is not True:
+                reason = decision.get("reason") if isinstance(decision, dict) else f"HTTP {status}: {answer}"
+                raise web.HTTPForbidden(text=f"access policy: {reason}")
+        return await handler(request)
+
+    return access

@@ -96,6 +96,9 @@ def build_app(portal: Portal) -> web.Application:
     app = web.Application(middlewares=[session_middleware(
         portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer)],
         client_max_size=64 * 1024)
+    from consumer.portal.access import guard
+
+    app.middlewares.append(guard(portal))  # after the session middleware: the user is known
     app["portal"] = portal
     app["templates"] = templates()
     app.on_response_prepare.append(security_headers)

@@ -114,6 +114,12 @@ def test_no_relationship_is_said_and_break_glass_opens_the_record_for_that_user(
     at_c = clinician(setup, "Hospital C", f"Dr C {uuid.uuid4().hex[:6]}")
     page = at_c.get(f"{setup.portal.url}/patients/{nhs}", timeout=60)
     assert page.status_code == 403 and "no care relationship" in page.text and letter not in page.text
+    report = f"{setup.portal.url}/documents/{HOSPITALS['B'].repository_unique_id}/{letter}"
+    assert at_b.get(report, timeout=60).status_code == 200
+    denied = at_c.get(report, timeout=60)  # the report's link (or a guessed uniqueId) does not get around it
+    assert denied.status_code == 403 and "no care relationship" in denied.text and "letter" not in denied.text
+    guessed = at_c.get(f"{setup.portal.url}/dicomweb/studies/2.25.{uuid.uuid4().int}/metadata", timeout=60)
+    assert guessed.status_code == 403 and "not registered" in guessed.text
     api = at_c.get(f"{setup.portal.url}/api/patients/{nhs}/documents", timeout=60)
     assert api.status_code == 403 and api.json()["break_glass"] is True and letter not in api.text
     [form] = [f for f in html.fromstring(page.text).forms if (f.action or "").endswith("/break-glass")]
@@ -130,6 +136,7 @@ def test_no_relationship_is_said_and_break_glass_opens_the_record_for_that_user(
     granted = at_c.post(f"{setup.portal.url}{form.action}",
                         data={**fields, "reason_code": "EMERGENCY", "reason_text": "collapsed in our ED"}, timeout=60)
     assert granted.status_code == 200 and granted.url.endswith(f"/patients/{nhs}") and letter in granted.text
+    assert at_c.get(report, timeout=60).status_code == 200
 
     colleague = clinician(setup, "Hospital C", f"Nurse C {uuid.uuid4().hex[:6]}")
     assert colleague.get(f"{setup.portal.url}/patients/{nhs}", timeout=60).status_code == 403
