@@ -28,7 +28,8 @@ def policy_of(source: ImagingSource) -> PolicyClient | None:
 
 def open_policy(source: ImagingSource) -> None:
     if source.settings.access_policy_url:
-        source.extras[POLICY] = PolicyClient(source.settings.access_policy_url, source.settings.repository_unique_id)
+        source.extras[POLICY] = PolicyClient(source.settings.access_policy_url, source.settings.repository_unique_id,
+                                             cache_seconds=source.settings.access_policy_cache)
 
 
 async def study_decisions(source: ImagingSource, request: web.Request, studies: list[str]) -> dict[str, Decision]:

@@ -104,7 +104,8 @@ async def open_repository(settings: RepositorySettings, database_url: str) -> Re
     if settings.access_policy_url:
         from ihe.policy.client import PolicyClient
 
-        policy = PolicyClient(settings.access_policy_url, settings.repository_unique_id)
+        policy = PolicyClient(settings.access_policy_url, settings.repository_unique_id,
+                              cache_seconds=settings.access_policy_cache)
     return Repository(settings=settings, pool=pool, store=store, soap_client=client, owner=owner, policy=policy)
 
 

@@ -8,6 +8,7 @@ the registry cannot be asked, everything is denied with a reason saying so.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import aiohttp
@@ -16,15 +17,22 @@ from ihe.policy.model import Decision, Requester
 
 log = logging.getLogger(__name__)
 
+CACHED = Decision(True, "permitted (a recent decision of the registry's access policy)", "cached")
+
 
 class PolicyClient:
     """Decisions for one retrieval point (``repository``: its repositoryUniqueId) from ``url``."""
 
-    def __init__(self, url: str, repository: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, repository: str, *, timeout: float = 10.0, cache_seconds: float = 10.0) -> None:
         self.url = url
         self.repository = repository
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        # Permits only, for a few seconds: a viewer asks for every frame of a study, and each would otherwise be a
+        # round trip to the registry; a change (opt-out, expiry) takes effect within cache_seconds. Denials are
+        # never cached, so access granted by break-glass or a new relationship shows at once.
+        self.cache_seconds = cache_seconds
+        self._permits: dict[tuple, float] = {}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -46,11 +54,24 @@ class PolicyClient:
         """(decisions by document uniqueId, decisions by study UID); every one a denial if the registry fails."""
         documents = list(dict.fromkeys(documents))
         studies = list(dict.fromkeys(studies))
+        now = time.monotonic()
+        who = tuple(sorted(requester.as_json().items()))
+        cached_docs = {d: CACHED for d in documents if self._permits.get((who, "d", d), 0) > now}
+        cached_studies = {s: CACHED for s in studies if self._permits.get((who, "s", s), 0) > now}
+        documents = [d for d in documents if d not in cached_docs]
+        studies = [s for s in studies if s not in cached_studies]
         if not documents and not studies:
-            return {}, {}
+            return cached_docs, cached_studies
         try:
             answer = await self._ask(requester, documents, studies)
-            return (self._read(answer.get("documents"), documents), self._read(answer.get("studies"), studies))
+            docs, found = self._read(answer.get("documents"), documents), self._read(answer.get("studies"), studies)
+            if self.cache_seconds > 0:
+                if len(self._permits) > 10_000:
+                    self._permits = {k: t for k, t in self._permits.items() if t > now}
+                until = now + self.cache_seconds
+                self._permits.update({(who, "d", d): until for d, v in docs.items() if v.permit})
+                self._permits.update({(who, "s", s): until for s, v in found.items() if v.permit})
+            return {**cached_docs, **docs}, {**cached_studies, **found}
         except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError) as exc:
             log.error("access policy at %s could not be asked: %s", self.url, exc)
             refusal = Decision(False, f"the access policy could not be consulted ({exc}); nothing is served",

@@ -47,3 +47,8 @@ CREATE TABLE policy_event (
     detail        text NOT NULL
 );
 CREATE INDEX policy_event_patient ON policy_event (patient, at);
+
+-- The decision endpoint finds a study's manifests by referenceIdList (one && test) and a patient's merged
+-- records by merged_into, on every WADO / DICOMweb / RAD-69 request: both need an index.
+CREATE INDEX document_entry_reference_id ON document_entry USING gin (reference_id);
+CREATE INDEX patient_merged_into ON patient (merged_into) WHERE merged_into IS NOT NULL;

@@ -142,7 +142,8 @@ def region(registry_database_url, new_imaging_database, tmp_path_factory):
         for key, h in HOSPITALS.items():
             repositories[key] = start_repository_process(
                 registry_database_url, registry.url, tmp / f"repository-{key}",
-                repository_unique_id=h.repository_unique_id, extra=("--access-policy-url", decisions, *xua))
+                repository_unique_id=h.repository_unique_id,
+                extra=("--access-policy-url", decisions, "--access-policy-cache", "0", *xua))
             running.callback(repositories[key].stop)
         a = HOSPITALS["A"]
         imaging = start_imaging_source(
