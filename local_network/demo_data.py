@@ -42,9 +42,10 @@ SOURCE_FILES = {
 INSTANCES_PER_SERIES = 3
 FAMILY_NAMES = ("Smith", "Jones", "Taylor", "Brown")
 GIVEN_NAMES = ("Alice", "Brian", "Chloe", "David")
-# (patient index, hospital index, kind): every patient at two hospitals, every hospital used.
+# (patient index, hospital index, kind): every patient at two hospitals or more, every hospital used, and
+# the first patient at all three with a CT (the portal's story: one list from every hospital, a CT to open).
 STUDIES = ((0, 0, "CT"), (0, 1, "MR"), (1, 1, "US"), (1, 2, "CT"), (2, 2, "MR2"), (2, 0, "US"),
-           (3, 0, "MR"), (3, 2, "CT"))
+           (3, 0, "MR"), (3, 2, "CT"), (0, 2, "US"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,7 @@ async def submit_reports(registry_url: str, hospital: DemoHospital, patient: dic
     from consumer.client.query import get_documents
     from consumer.client.soap import SoapClient
     from consumer.client.source import document_entry, provide_and_register, submission_package
+    from ihe.metadata.model import ReferenceId
 
     patient_cx = f"{patient['nhs_number']}^^^&{NHS_NUMBER_OID}&ISO"
     # sourcePatientId is the hospital number (the registry wants the bare id^^^&OID&ISO form).
@@ -287,6 +289,8 @@ async def submit_reports(registry_url: str, hospital: DemoHospital, patient: dic
                                    title=f"{study['description']} report ({kind.upper()})",
                                    creation_time=study["date"] + "120000", source_patient_id=local_cx,
                                    author_institution=hospital.name)
+            # The report names its study (referenceIdList), so the portal's list shows "report: yes" on the images.
+            entry.reference_ids = [ReferenceId(f"{study['study_uid']}^^^^urn:ihe:iti:xds:2016:studyInstanceUID")]
             entries.append(entry)
             data[entry.entry_uuid] = content
         if not entries:

@@ -4,11 +4,14 @@ Every configured registry is asked (ITI-18 FindDocuments) at once; then every re
 rows is checked and the imaging rows' manifests are read (ITI-43, cached). Each source has
 ``query_deadline`` seconds: a registry that fails or is late is listed as such, and the rows of a
 repository that fails or is late are marked "source unreachable"; the page is always answered.
+Last, each imaging source named by the manifests is asked (QIDO-RS, one search by UID list) whether
+it still holds the studies, so "available" on an imaging row means its images can be shown now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -28,7 +31,9 @@ STUDY_UID_TYPE = "urn:ihe:iti:xds:2016:studyInstanceUID"
 ACCESSION_TYPE = "urn:ihe:iti:xds:2013:accession"
 AVAILABLE = "available"
 UNREACHABLE = "source unreachable"
+IMAGES_GONE = "images unavailable"
 MANIFEST_CONCURRENCY = 8
+UIDS_PER_SEARCH = 40  # UIDs per QIDO-RS search: keeps the request line well under servers' 8 KiB limits
 
 
 @dataclass(slots=True)
@@ -51,6 +56,7 @@ class Row:
     status: str = AVAILABLE
     status_reason: str = ""
     import_job: dict | None = None  # the user's hospital's import of this study (consumer.portal.import_study)
+    images_at: str | None = None  # the imaging source's DICOMweb root (from the manifest; not shown)
 
 
 @dataclass(slots=True)
@@ -75,7 +81,7 @@ class PatientDocuments:
 
 def _row_json(row: Row) -> dict:
     data = asdict(row)
-    del data["sort_key"]
+    del data["sort_key"], data["images_at"]
     return data
 
 
@@ -98,8 +104,11 @@ class Filters:
             except ValueError:
                 raise ValueError(f"{name} must be a date as YYYY-MM-DD, not {value!r}") from None
 
+        first, last = day("from"), day("to")
+        if first and last and first > last:
+            raise ValueError(f"the date range is empty: from {first} is after to {last}")
         return cls((query.get("hospital") or "").strip(), (query.get("modality") or "").strip(),
-                   (query.get("type") or "").strip(), day("from"), day("to"))
+                   (query.get("type") or "").strip(), first, last)
 
     def keep(self, row: Row) -> bool:
         if self.hospital and row.hospital != self.hospital:
@@ -187,6 +196,21 @@ def newest_first(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.sort_key, r.document_unique_id), reverse=True)
 
 
+def apply_manifest(row: Row, info: manifests.ManifestInfo) -> None:
+    row.study_uid = info.study_uid
+    row.series_count, row.image_count = info.series_count, info.image_count
+    row.images_at = manifests.dicomweb_root(info.retrieve_url)
+
+
+def qido_study_uids(body: bytes) -> set[str]:
+    """The Study Instance UIDs (0020000D) of a QIDO-RS study search answer (DICOM JSON)."""
+    found = set()
+    for item in json.loads(body or b"[]"):
+        for value in (item.get("0020000D") or {}).get("Value") or []:
+            found.add(str(value))
+    return found
+
+
 # --- I/O ---------------------------------------------------------------------------------------------
 
 
@@ -222,6 +246,10 @@ async def _visit_repository(portal: Portal, repository_unique_id: str, rows: lis
             row.status, row.status_reason = UNREACHABLE, reason
         return SourceState(name, "repository", False, reason)
     semaphore = asyncio.Semaphore(MANIFEST_CONCURRENCY)
+    for row in rows:  # what is already known of a study stays shown even when its source is down now
+        known = cache.get((row.repository_unique_id, row.document_unique_id))
+        if known is not None:
+            apply_manifest(row, known)
 
     async def manifest(row: Row) -> None:
         key = (row.repository_unique_id, row.document_unique_id)
@@ -235,8 +263,7 @@ async def _visit_repository(portal: Portal, repository_unique_id: str, rows: lis
                     return
             async with portal.pool.acquire() as conn:
                 await manifests.store(conn, *key, info)
-        row.study_uid = info.study_uid
-        row.series_count, row.image_count = info.series_count, info.image_count
+        apply_manifest(row, info)
 
     try:
         async with asyncio.timeout(portal.settings.query_deadline):
@@ -276,8 +303,49 @@ async def patient_documents(portal: Portal, patient_id: str) -> PatientDocuments
                                               for r in rows if r.kind == "imaging"])
     sources += await asyncio.gather(*(_visit_repository(portal, uid, rs, cache)
                                       for uid, rs in sorted(by_repository.items())))
+    by_source: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.kind == "imaging" and row.status == AVAILABLE and row.images_at and row.study_uid:
+            by_source.setdefault(row.images_at, []).append(row)
+    sources += await asyncio.gather(*(_visit_imaging_source(portal, root, rs)
+                                      for root, rs in sorted(by_source.items())))
     mark_reports(rows, entries)
     return PatientDocuments(patient_id, newest_first(rows), sources)
+
+
+async def _visit_imaging_source(portal: Portal, root: str, rows: list[Row]) -> SourceState:
+    """Ask the imaging source (QIDO-RS, one study search by UID list) whether it still holds the rows' studies:
+    "available" on an imaging row means its images can be shown now. Rows whose study it no longer holds
+    are marked "images unavailable"; all its rows "source unreachable" when it fails or is late."""
+    name = rows[0].hospital
+    started = time.monotonic()
+    uids = sorted({r.study_uid for r in rows if r.study_uid})
+
+    async def search(batch: list[str]) -> set[str]:
+        async with portal.http.get(f"{root}/studies", allow_redirects=False, headers={
+                "Accept": "application/dicom+json"}, params={"StudyInstanceUID": ",".join(batch),
+                                                             "includefield": "0020000D"}) as response:
+            body = await response.read()
+            if response.status not in (200, 204):
+                raise ValueError(f"HTTP {response.status}: {body[:200].decode('utf-8', 'replace')}")
+            return qido_study_uids(body) if response.status == 200 else set()
+
+    try:
+        async with asyncio.timeout(portal.settings.query_deadline):
+            found = await asyncio.gather(*(search(uids[i:i + UIDS_PER_SEARCH])
+                                           for i in range(0, len(uids), UIDS_PER_SEARCH)))
+        present = set().union(*found)
+    except Exception as exc:
+        reason = (f"no answer within {portal.settings.query_deadline:g} s" if isinstance(exc, TimeoutError)
+                  else f"{type(exc).__name__}: {exc}"[:300])
+        for row in rows:
+            row.status, row.status_reason = UNREACHABLE, f"{name}'s imaging source: {reason}"
+        return SourceState(name, "imaging source", False, reason, time.monotonic() - started)
+    for row in rows:
+        if row.study_uid not in present:
+            row.status = IMAGES_GONE
+            row.status_reason = f"{name}'s imaging source no longer holds this study (open it to see why)"
+    return SourceState(name, "imaging source", True, "", time.monotonic() - started)
 
 
 def apply_filters(result: PatientDocuments, filters: Filters) -> PatientDocuments:

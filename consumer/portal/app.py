@@ -15,7 +15,18 @@ from aiohttp import web
 
 from consumer.client.retrieve import DocumentRequest, retrieve_document_set
 from consumer.client.soap import SoapClient, SoapFaultError, TransportError
-from consumer.portal import admin, aggregate, cda, dicomweb_proxy, import_study, manifests, search, viewer
+from consumer.portal import (
+    admin,
+    aggregate,
+    cda,
+    dicomweb_proxy,
+    import_study,
+    manifests,
+    patient_context,
+    search,
+    study_state,
+    viewer,
+)
 from consumer.portal.context import Portal
 from consumer.portal.oidc import OidcClient, SignInError
 from consumer.portal.sessions import (
@@ -44,6 +55,7 @@ LOGIN_COOKIE = "xds_portal_login"  # binds a sign-in's state to the browser that
 PDF_CSP = "default-src 'none'; object-src 'self'; base-uri 'none'; frame-ancestors 'self'"
 DOWNLOAD_CSP = "default-src 'none'; sandbox"
 TEXT_TYPES = ("text/plain",)
+MAX_VIEWER_STUDIES = 20
 XML_TYPES = ("text/xml", "application/xml", "application/hl7-v3+xml", "application/cda+xml")
 
 
@@ -74,6 +86,11 @@ def _patient_or_400(request: web.Request, portal: Portal) -> str:
         return search.normalise_patient_id(request.match_info["patient_id"], portal.settings)
     except search.SearchError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+def _can_import(settings: PortalSettings, session: PortalSession | None) -> bool:
+    """Import buttons only for a user whose hospital has a PACS to import into (and never of its own rows)."""
+    return bool(session and session.organisation and settings.pacs_of(session.organisation))
 
 
 def build_app(portal: Portal) -> web.Application:
@@ -210,6 +227,7 @@ def build_app(portal: Portal) -> web.Application:
             filters, filter_error = None, str(exc)
         everything = await aggregate.patient_documents(portal, patient)
         await import_study.mark_rows(portal, request.get("session"), patient, everything.rows)
+        await patient_context.remember(portal, request, patient, everything.rows)
         shown = aggregate.apply_filters(everything, filters) if filters else everything
         return everything, shown, filters, filter_error
 
@@ -260,7 +278,8 @@ def build_app(portal: Portal) -> web.Application:
         query = urlencode({k: v for k, v in request.query.items() if v})
         return render(request, "patient.html", status=400 if filter_error else 200, result=shown, rows=shown.rows,
                       filters=filters or aggregate.Filters(), filter_error=filter_error, choices=choices,
-                      query=query, filtered=bool(query))
+                      query=query, filtered=bool(query), total=len(everything.rows),
+                      can_import=_can_import(settings, request.get("session")))
 
     @routes.get("/api/patients/{patient_id}/documents")
     async def patient_json(request: web.Request) -> web.Response:
@@ -277,24 +296,53 @@ def build_app(portal: Portal) -> web.Application:
         require_session(request)
         return await view_document(request, portal)
 
+    @routes.get("/api/studies/{study_uid}")
+    async def study_json(request: web.Request) -> web.Response:
+        """Whether a study's images can be shown now, and if not why (what the viewer page checks)."""
+        require_session(request)
+        uid = request.match_info["study_uid"]
+        if not dicomweb_proxy.is_uid(uid):
+            raise web.HTTPBadRequest(text=f"{uid!r} is not a valid Study Instance UID")
+        state = await study_state.study_state(portal, uid)
+        return web.json_response(state.to_json(), status=state.http_status)
+
+    async def study_guard(request: web.Request) -> web.StreamResponse | None:
+        """The viewer opened on studies: a page saying why, instead of an empty viewer, when one cannot be shown."""
+        require_session(request)
+        uids = viewer.requested_studies(request)
+        wrong = [u for u in uids if not dicomweb_proxy.is_uid(u)]
+        if not uids or wrong or len(uids) > MAX_VIEWER_STUDIES:
+            said = (f"{', '.join(repr(u) for u in wrong[:3])} is not a valid Study Instance UID" if wrong else
+                    f"open between 1 and {MAX_VIEWER_STUDIES} studies at a time")
+            return message(request, "Cannot open the viewer", said, 400)
+        states = await asyncio.gather(*(study_state.study_state(portal, u) for u in uids))
+        refused = [s for s in states if not s.ok]
+        if not refused:
+            return None
+        opened = await patient_context.open_patient(portal, request)
+        return render(request, "study_unavailable.html", status=refused[0].http_status, states=refused,
+                      patient_id=opened[0] if opened else None)
+
     @routes.get("/health")
     async def health(request: web.Request) -> web.StreamResponse:
         return await database_health(portal.pool)(request)
 
     routes.static("/static", HERE / "static")
     app.add_routes(routes)
-    app.add_routes(dicomweb_proxy.build_routes(portal.locate, require_session, client=lambda: portal.http))
-    app.add_routes(viewer_routes(viewer.DEFAULT_OHIF_DIR))
+    app.add_routes(dicomweb_proxy.build_routes(
+        portal.locate, require_session, client=lambda: portal.http,
+        patient_studies=lambda request: patient_context.patient_studies(portal, request)))
+    app.add_routes(viewer_routes(viewer.DEFAULT_OHIF_DIR, study_guard))
     import_study.install(app, portal)
     app.add_routes(admin.build_routes(portal))
     return app
 
 
-def viewer_routes(ohif_dir: Path) -> list[web.RouteDef]:
+def viewer_routes(ohif_dir: Path, guard: viewer.Guard | None = None) -> list[web.RouteDef]:
     """OHIF at /viewer/ reading the portal's own /dicomweb proxy; without the installed viewer, /viewer/
     answers 503 saying how to install it (the rest of the portal works without it)."""
     try:
-        return viewer.build_routes(ohif_dir, "/dicomweb")
+        return viewer.build_routes(ohif_dir, "/dicomweb", guard)
     except FileNotFoundError as exc:
         log.warning("the OHIF viewer is not installed (%s): run scripts/install-ohif.sh", exc)
         reason = "the image viewer is not installed on this portal: run scripts/install-ohif.sh"

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/dicomweb"
 CHUNK = 64 * 1024
+UIDS_PER_SEARCH = 40  # UIDs per forwarded QIDO-RS search: keeps the request line under servers' 8 KiB limits
 
 Locate = Callable[[str], Awaitable[str | None]]
 RequireSession = Callable[[web.Request], Any]
@@ -220,6 +221,10 @@ def build_routes(locate: Locate, require_session: RequireSession, *,
         http, own = await session_for()
         try:
             async def one(base: str, uids: list[str]) -> list[Any]:
+                if len(uids) > UIDS_PER_SEARCH:  # a patient with many studies: several searches
+                    parts = await asyncio.gather(*(one(base, uids[i:i + UIDS_PER_SEARCH])
+                                                   for i in range(0, len(uids), UIDS_PER_SEARCH)))
+                    return [item for part in parts for item in part]
                 url = URL(base + "/studies").with_query([*rest, ("StudyInstanceUID", ",".join(uids))])
                 try:
                     async with http.get(url, headers=_forward_headers(request), timeout=_TIMEOUT) as up:

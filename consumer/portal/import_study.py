@@ -348,10 +348,12 @@ async def mark_rows(portal: Portal, session: PortalSession | None, patient_id: s
     by_key = {(j["repository_unique_id"], j["document_unique_id"]): j for j in jobs}
     for row in rows:
         job = by_key.get((row.repository_unique_id, row.document_unique_id))
-        if job is not None and row.status == "available":
+        if job is None:
+            continue
+        row.import_job = job_json(job)  # also on a row whose source is down now (its Retry stays at hand)
+        if row.status == "available":
             row.status = row_status(job)
             row.status_reason = job["reason"] or ""
-            row.import_job = job_json(job)
 
 
 def install(app: web.Application, portal: Portal) -> None:

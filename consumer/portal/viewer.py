@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -28,6 +29,10 @@ _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "applica
           ".woff2": "font/woff2", ".png": "image/png", ".ico": "image/x-icon"}
 _HASHED = re.compile(r"(?:^|\.)[0-9a-f]{16}\.")
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+
+# Looks at a request for the viewer page before OHIF is sent: a response (e.g. a page saying why the study
+# cannot be shown) replaces it; None lets OHIF load.
+Guard = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 
 def app_config_js(dicomweb_root: str) -> str:
@@ -162,9 +167,17 @@ def viewer_content_security_policy(ohif_dir: Path) -> str:
     return content_security_policy(patch_index_html((ohif_dir / "index.html").read_text(encoding="utf-8")))
 
 
-def build_routes(ohif_dir: Path, dicomweb_root: str) -> list[web.RouteDef]:
+def requested_studies(request: web.Request) -> list[str]:
+    """The Study Instance UIDs the viewer page is opened on: OHIF reads both spellings of the parameter, each
+    possibly repeated and comma-separated."""
+    values = request.query.getall("StudyInstanceUIDs", []) + request.query.getall("studyInstanceUIDs", [])
+    return [u.strip() for v in values for u in v.split(",") if u.strip()]
+
+
+def build_routes(ohif_dir: Path, dicomweb_root: str, guard: Guard | None = None) -> list[web.RouteDef]:
     """Routes serving OHIF at /viewer/ (``ohif_dir`` = the installed dist/, e.g. DEFAULT_OHIF_DIR) with
-    ``dicomweb_root`` (e.g. "/dicomweb") as its only data source. Every response carries the viewer's CSP."""
+    ``dicomweb_root`` (e.g. "/dicomweb") as its only data source. Every OHIF response carries the viewer's CSP.
+    ``guard`` is asked first whenever the app page is requested for studies (``?StudyInstanceUIDs=``)."""
     dist = _Dist(ohif_dir, dicomweb_root)
 
     def headers(content_type: str, cache: str) -> dict[str, str]:
@@ -177,19 +190,26 @@ def build_routes(ohif_dir: Path, dicomweb_root: str) -> list[web.RouteDef]:
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPMovedPermanently(PREFIX + (f"?{request.query_string}" if request.query_string else ""))
 
+    async def app_page(request: web.Request) -> web.StreamResponse:
+        if guard is not None and requested_studies(request):
+            refused = await guard(request)
+            if refused is not None:
+                return refused
+        return page()
+
     async def serve(request: web.Request) -> web.StreamResponse:
         tail = request.match_info["tail"]
         if tail == "app-config.js":
             return web.Response(text=dist.config, headers=headers("text/javascript; charset=utf-8", "no-cache"))
         if tail in ("", "index.html"):
-            return page()
+            return await app_page(request)
         path = dist.file(tail)
         if path is None:
             # Client-side routes (viewer?StudyInstanceUIDs=..., segmentation, ...) get the app; a missing
             # file (a name with an extension) is a plain 404 so broken links do not load the app twice.
             if "." in tail.rsplit("/", 1)[-1]:
                 raise web.HTTPNotFound(text=f"{tail} is not part of the viewer")
-            return page()
+            return await app_page(request)
         kind = _TYPES.get(path.suffix, "application/octet-stream")
         # Content-hashed bundle names never change content; the rest is revalidated.
         cache = "public, max-age=31536000, immutable" if _HASHED.search(path.name) else "no-cache"

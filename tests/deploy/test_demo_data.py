@@ -74,3 +74,11 @@ def test_the_journal_remembers_finished_steps_across_a_restart(tmp_path):
     journal.add("images-0")
     again = Journal(tmp_path / "journal")
     assert "adt-0" in again and "images-0" in again and "reports-0" not in again
+
+
+def test_the_first_patient_has_studies_at_every_hospital_and_a_ct():
+    """The portal's story test opens one patient's list with rows from all three hospitals and a CT study."""
+    plan = make_plan(HOSPITALS)
+    first = [s for s in plan["studies"] if s["patient"] == 0]
+    assert {s["hospital"] for s in first} == {h.name for h in HOSPITALS}
+    assert "CT" in {s["kind"] for s in first}

@@ -113,7 +113,7 @@ def test_ready_is_announced_once_every_listener_answers(network):
     assert len([line for line in lines if line.startswith("xds-local: ready")]) == 1, lines
     assert any(line.startswith("portal ") and f":{8090 + offset}/" in line for line in lines), lines
     assert any(line.startswith("demo login          demo / ") for line in lines), lines
-    assert any("demo data loaded: 4 patients, 8 studies" in line for line in lines), lines
+    assert any("demo data loaded: 4 patients, 9 studies" in line for line in lines), lines
 
 
 def test_demo_reports_and_manifests_are_found_by_nhs_number_at_the_right_hospitals(network):

@@ -142,6 +142,25 @@ async def test_study_search_without_uid_covers_only_the_patient_in_context(sourc
         await client.close()
 
 
+async def test_a_patient_with_many_studies_is_searched_in_batches(sources) -> None:
+    """UID lists are cut so no request line passes the 8 KiB servers (aiohttp among them) accept."""
+    a, _ = sources
+    many = [f"{STUDY_A}.{n}" for n in range(95)]
+
+    async def patient_studies(request: web.Request) -> list[str]:
+        return many
+
+    client = await portal_client(dict.fromkeys(many, a.root), patient_studies=patient_studies)
+    try:
+        r = await client.get("/dicomweb/studies", headers=SIGNED_IN)
+        assert r.status == 200
+        assert sorted(i["0020000D"]["Value"][0] for i in await r.json(content_type=None)) == sorted(many)
+        asked = [dicomweb_proxy.study_uids(q.query["StudyInstanceUID"]) for q in a.seen]
+        assert sorted(len(b) for b in asked) == [15, 40, 40] and sorted(u for b in asked for u in b) == sorted(many)
+    finally:
+        await client.close()
+
+
 async def test_refusals_carry_a_reason(sources) -> None:
     a, _ = sources
     closed = f"http://127.0.0.1:{free_port()}/dicomweb"

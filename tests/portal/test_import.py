@@ -192,6 +192,12 @@ def _row(region: ImportRegion, browser: requests.Session, patient: Patient) -> d
 
 def _import(region: ImportRegion, browser: requests.Session, patient: Patient) -> requests.Response:
     """Press the row's Import button as the page renders it (its hidden fields and CSRF token)."""
+    return browser.post(f"{region.portal.url}/imports", data=_import_form(region, browser, patient),
+                        allow_redirects=False, timeout=60)
+
+
+def _import_form(region: ImportRegion, browser: requests.Session, patient: Patient) -> dict[str, str]:
+    """The fields of the row's Import form as the page renders it (its hidden fields and CSRF token)."""
     page = browser.get(f"{region.portal.url}/patients/{patient.nhs}", timeout=60)
     assert page.status_code == 200, page.text
     row = _row(region, browser, patient)
@@ -200,7 +206,7 @@ def _import(region: ImportRegion, browser: requests.Session, patient: Patient) -
     assert form, page.text
     fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(1)))
     assert fields["document_unique_id"] == row["document_unique_id"]
-    return browser.post(f"{region.portal.url}/imports", data=fields, allow_redirects=False, timeout=60)
+    return fields
 
 
 def _wait_done(region: ImportRegion, browser: requests.Session, patient: Patient, timeout: float = 90.0
@@ -345,12 +351,20 @@ def test_job_running_when_the_portal_stops_is_finished_after_restart(region):
 def test_source_down_fails_with_that_reason(region):
     browser = _browser(region)
     patient = region.patients["both"]
+    form = _import_form(region, browser, patient)  # "Import again" on an imported study, shown while it was up
     region.source.stop()
-    answer = _import(region, browser, patient)  # "Import again" on an imported study
+    listed = _row(region, browser, patient)  # the list says so now, and offers no Import
+    assert listed["status"] == "source unreachable" and "imaging source" in listed["status_reason"], listed
+    answer = browser.post(f"{region.portal.url}/imports", data=form, allow_redirects=False, timeout=60)
     assert answer.status_code == 303
-    row, _ = _wait_done(region, browser, patient)
-    assert row["status"].startswith("failed: the imaging source could not be reached (RAD-69"), row
-    assert row["import_job"]["done"] == 0
+    deadline = time.monotonic() + 90
+    while (job := _row(region, browser, patient)["import_job"])["state"] not in ("failed", "imported"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["state"] == "failed" and job["reason"].startswith("the imaging source could not be reached (RAD-69"), job
+    assert job["done"] == 0
+    page = browser.get(f"{region.portal.url}/patients/{patient.nhs}", timeout=60).text
+    assert f'action="/imports/{job["id"]}/retry"' in page  # Retry stays at hand
 
 
 def test_resume_leaves_a_job_another_portal_process_is_running(region):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 import pydicom
 import pytest
 
-from consumer.portal import aggregate, cda, manifests, search
+from consumer.portal import aggregate, cda, dicomweb_proxy, manifests, search
 from consumer.portal.app import safe_return_path
 from consumer.portal.oidc import SignInError, claim_value, identity_from_claims
 from consumer.portal.settings import Hospital, PortalSettings, parse_hospitals, parse_registries
@@ -140,6 +141,36 @@ def test_filters():
         hospital="B", date_from=date(2021, 1, 1))
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         aggregate.Filters.from_query({"to": "31/12/2020"})
+    with pytest.raises(ValueError, match="from 2021-01-02 is after to 2021-01-01"):
+        aggregate.Filters.from_query({"from": "2021-01-02", "to": "2021-01-01"})
+    one_day = aggregate.Filters.from_query({"from": "2021-05-06", "to": "2021-05-06"})
+    assert keep(one_day) == ["b"]
+
+
+def test_study_state_of_a_study_its_source_no_longer_holds():
+    from consumer.portal import study_state as st
+
+    status = "urn:oasis:names:tc:ebxml-regrep:StatusType:"
+    withdrawn = st.gone_state("1.2.3", "Hospital A", "9.8.7", 3, status + "Deprecated")
+    assert (withdrawn.state, withdrawn.http_status) == ("withdrawn", 410)
+    assert withdrawn.title == "Study withdrawn by its source"
+    assert "Hospital A withdrew this study" in withdrawn.reason and "9.8.7" in withdrawn.reason
+    deleted = st.gone_state("1.2.3", "Hospital A", "9.8.7", 1, status + "Approved")
+    assert deleted.state == "deleted" and "lists 1 image and is still approved" in deleted.reason
+    unknown = st.gone_state("1.2.3", "Hospital A", "9.8.7", 2, None, "Region: TransportError: refused")
+    assert unknown.state == "deleted" and "could not be asked whether it was withdrawn" in unknown.reason
+    assert st.StudyState("4.5", "available").ok and not withdrawn.ok
+
+
+def test_the_open_patients_studies_are_its_imaging_rows_study_uids_once_each():
+    from consumer.portal.patient_context import study_uids
+
+    def row(kind: str, study: str | None) -> aggregate.Row:
+        return aggregate.Row("", "0" * 14, "A", kind, "", "", "", "", "1", "d", "R", study_uid=study)
+
+    rows = [row("imaging", "1.2"), row("document", "9.9"), row("imaging", None), row("imaging", "1.3"),
+            row("imaging", "1.2")]
+    assert study_uids(rows) == ["1.2", "1.3"]
 
 
 def _kos(series: int = 2, per_series: int = 3) -> bytes:
@@ -207,3 +238,39 @@ def test_configuration_file_lists_and_environment(tmp_path):
     with pytest.raises(SystemExit) as refused:
         main(["--database-url", "postgresql://unused/x"])
     assert refused.value.code == 2
+
+
+async def test_imaging_rows_are_checked_at_their_source_in_batches() -> None:
+    """The list asks each imaging source whether it still holds the rows' studies, 40 UIDs per search; a study
+    it does not return is "images unavailable"; a source that does not answer marks its rows unreachable."""
+    import aiohttp
+
+    from consumer.portal.context import Portal
+    from tests.portal.test_dicomweb_proxy import FakeSource
+
+    class Forgetful(FakeSource):  # holds every study but the last
+        async def studies(self, request):
+            answer = await super().studies(request)
+            items = [i for i in json.loads(answer.body) if i["0020000D"]["Value"][0] != "1.2.3.99"]
+            return aiohttp.web.json_response(items, content_type="application/dicom+json")
+
+    source = Forgetful("A")
+    await source.server.start_server()
+    http = aiohttp.ClientSession()
+    try:
+        portal = Portal(settings=PortalSettings(query_deadline=5), pool=None, http=http, soap=None)
+        rows = [aggregate.Row("", "0" * 14, "Hospital A", "imaging", "CT", "", "", "", "1", f"d{n}", "R",
+                              study_uid=f"1.2.3.{n}", images_at=source.root) for n in range(100)]
+        state = await aggregate._visit_imaging_source(portal, source.root, rows)
+        assert state.ok and state.kind == "imaging source" and state.name == "Hospital A"
+        assert sorted(len(dicomweb_proxy.study_uids(r.query["StudyInstanceUID"])) for r in source.seen) == [20, 40, 40]
+        assert {r.status for r in rows[:99]} == {"available"}
+        assert rows[99].status == "images unavailable" and "no longer holds this study" in rows[99].status_reason
+        root = source.root
+        await source.server.close()
+        down = await aggregate._visit_imaging_source(portal, root, rows[:3])
+        assert not down.ok and {r.status for r in rows[:3]} == {"source unreachable"}
+        assert rows[0].status_reason.startswith("Hospital A's imaging source: ")
+    finally:
+        await http.close()
+        await source.server.close()
