@@ -72,7 +72,12 @@ async def run(args: argparse.Namespace) -> None:
         parse_only.append((time.perf_counter() - t) * 1000)
 
     off, off_url = start(args.database_url)
-    on, on_url = start(args.database_url, "--xua", "required", "--xua-trust", str(trust))
+    try:
+        on, on_url = start(args.database_url, "--xua", "required", "--xua-trust", str(trust))
+    except BaseException:  # the first one must not outlive a failed start of the second
+        off.terminate()
+        off.wait(10)
+        raise
     try:
         import asyncpg
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from aiohttp import web
 
 from ihe.audit.auditor import open_auditor
+from ihe.audit.client import install_xua_alerts
 from ihe.audit.middleware import DicomAudit, audit_middlewares
 from ihe.database import create_pool
 from ihe.http import database_health
@@ -103,6 +104,7 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
 
     source = await open_source(settings, database_url)
     auditor = source.extras["auditor"] = open_auditor(settings, "xds-imaging-source")
+    remove_alerts = install_xua_alerts(auditor, f"http://{settings.host}:{settings.port}")
     dicom_audit = DicomAudit(auditor, settings.ae_title, settings.dicom_host) if auditor is not None else None
     runner = web.AppRunner(build_app(source), access_log=None)
     await runner.setup()
@@ -132,5 +134,6 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
         if tracker.client is not None:
             await tracker.client.close()
         await source.pool.close()
+        remove_alerts()
         if auditor is not None:
             auditor.close()

@@ -84,7 +84,16 @@ class Tracker:
         if self.client is None:
             from consumer.client.soap import SoapClient
 
-            self.client = SoapClient(timeout=120)
+            auditor = self.source.extras.get("auditor")
+            hook = None
+            if auditor is not None:  # the imaging source's own record of its RAD-68 (ITI-41) and ITI-57
+                from ihe.audit.client import ClientAudit
+                from ihe.audit.events import RAD68
+                from ihe.namespaces import ACTION_ITI41
+
+                settings = self.source.settings
+                hook = ClientAudit(auditor, settings.ae_title, event_types={ACTION_ITI41: RAD68})
+            self.client = SoapClient(timeout=120, on_exchange=hook)
         return self.client
 
     async def run_once(self) -> None:

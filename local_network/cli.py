@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ihe.database import resolve_database_url
-from local_network import oidc_provider
+from local_network import oidc_provider, security
 from local_network.readiness import Listener, port_in_use, ready
 
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
@@ -107,25 +107,59 @@ class Service:
     env: dict[str, str] | None = None
 
 
-def services(args: argparse.Namespace, server_url: str) -> list[Service]:
+def audit_url(args: argparse.Namespace) -> str:
+    """Where every service sends its audit records: syslog over TLS, or UDP with ``--audit-transport udp``."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1"}.get(args.host, args.host)
+    return f"{args.audit_transport}://{host}:{args.audit_port + args.port_offset}"
+
+
+def audit_args(args: argparse.Namespace, creds: security.RegionCredentials | None, node: str) -> list[str]:
+    """A service's options sending its audit trail to the region's xds-audit (its spool in its own folder)."""
+    if creds is None:
+        return []
+    return ["--audit-repository", audit_url(args), "--audit-ca-file", str(creds.audit_cert),
+            "--audit-spool-dir", str(args.data_dir / "audit-spool" / node), "--audit-source-id", node]
+
+
+def xua_args(args: argparse.Namespace, creds: security.RegionCredentials | None, kind: str) -> list[str]:
+    """A service's XUA policy: ``--xua`` (required by default) with the trust file of its kind."""
+    if creds is None or args.xua == "off":
+        return []
+    return ["--xua", args.xua, "--xua-trust", str(creds.trust_files[kind])]
+
+
+def services(args: argparse.Namespace, server_url: str,
+             creds: security.RegionCredentials | None = None) -> list[Service]:
+    """The region's services; ``creds`` (None only to list the ports) adds XUA and audit options."""
     host, o, prefix = args.host, args.port_offset, args.database_prefix
     registry_url = f"http://{host}:{args.registry_port + o}/registry"
     policy = (["--access-policy", str(access_policy_file(args.data_dir))] if args.access_policy == "on" else [])
     decisions = (["--access-policy-url", f"http://{host}:{args.registry_port + o}/policy/decisions"]
                  if args.access_policy == "on" else [])
     py = sys.executable
-    found = [Service("registry", [
+    audit_port = args.audit_port + o
+    # Syslog over TLS always (readiness probes it); with --audit-transport udp also UDP on the same port number.
+    audit_command = [py, "-m", "ihe.audit.cli", "serve", "--host", host, "--tls-port", str(audit_port),
+                     "--database-url", database_url(server_url, f"{prefix}audit"),
+                     *(["--udp-port", str(audit_port)] if args.audit_transport == "udp" else [])]
+    if creds is not None:
+        audit_command += ["--tls-cert", str(creds.audit_cert), "--tls-key", str(creds.audit_key)]
+    found = [Service("audit record repository", audit_command, f"{prefix}audit",
+                     (Listener("syslog-TLS", audit_port),))]
+    found.append(Service("registry", [
         py, "-m", "registry.cli", "--host", host, "--port", str(args.registry_port + o), "--mllp-host", host,
         "--mllp-port", str(args.mllp_port + o), "--database-url", database_url(server_url, f"{prefix}registry"),
-        "--affinity-domain-oid", NHS_NUMBER_OID, *policy], f"{prefix}registry",
-        (Listener("HTTP", args.registry_port + o), Listener("MLLP", args.mllp_port + o)))]
+        "--affinity-domain-oid", NHS_NUMBER_OID, *xua_args(args, creds, "registry"),
+        *audit_args(args, creds, "registry"), *policy], f"{prefix}registry",
+        (Listener("HTTP", args.registry_port + o), Listener("MLLP", args.mllp_port + o))))
     for h in HOSPITALS:
         db = prefix + h.name.replace("-", "_")
         found.append(Service(f"{h.name} repository", [
             py, "-m", "repository.cli", "--host", host, "--port", str(h.repository_port + o),
             "--repository-unique-id", h.repository_unique_id, "--registry-url", registry_url,
             "--storage-dir", str(args.data_dir / h.name / "documents"),
-            "--database-url", database_url(server_url, f"{db}_repository"), *decisions], f"{db}_repository",
+            "--database-url", database_url(server_url, f"{db}_repository"), *xua_args(args, creds, "repository"),
+            *audit_args(args, creds, f"{h.name}-repository"), *decisions], f"{db}_repository",
             (Listener("HTTP", h.repository_port + o),)))
         found.append(Service(f"{h.name} imaging source", [
             py, "-m", "imaging_source.cli", "serve", "--host", host, "--port", str(h.imaging_port + o),
@@ -137,7 +171,8 @@ def services(args: argparse.Namespace, server_url: str) -> list[Service]:
             "--registry-url", registry_url,
             "--patient-id-issuer-oid", h.hospital_number_oid, "--patient-id-issuer-namespace", h.namespace,
             "--affinity-domain-oid", NHS_NUMBER_OID, "--pix-host", host, "--pix-port", str(args.mllp_port + o),
-            *(["--quiet-period", str(args.quiet_period)] if args.quiet_period is not None else []), *decisions],
+            *(["--quiet-period", str(args.quiet_period)] if args.quiet_period is not None else []),
+            *xua_args(args, creds, "imaging"), *audit_args(args, creds, f"{h.name}-imaging"), *decisions],
             f"{db}_imaging",
             (Listener("HTTP", h.imaging_port + o), Listener("DICOM", h.dicom_port + o, h.ae_title))))
     oidc_port = args.oidc_port + o
@@ -169,9 +204,13 @@ class PortalWiring:
     database_url: str  # and its URL
     data_dir: Path
     access_policy_url: str | None = None  # the registry's /policy endpoints when the access policy is on
+    credentials: security.RegionCredentials | None = None  # its XUA signing key; the audit TLS certificate
+    audit_args: tuple[str, ...] = ()  # where it sends its audit records
+    audit_database_url: str | None = None  # what its admin page's audit search reads
 
 
-def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_provider.OidcProvider) -> PortalWiring:
+def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_provider.OidcProvider,
+                  creds: security.RegionCredentials | None = None) -> PortalWiring:
     host, o = args.host, args.port_offset
     return PortalWiring(
         url=portal_url(args), host=host, port=args.portal_port + o,
@@ -181,6 +220,8 @@ def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_prov
         oidc_issuer=provider.issuer, oidc_client_file=provider.client_file,
         database=f"{args.database_prefix}portal",
         database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal",
+        credentials=creds, audit_args=tuple(audit_args(args, creds, "portal")),
+        audit_database_url=database_url(server_url, f"{args.database_prefix}audit") if creds else None,
         access_policy_url=f"http://{host}:{args.registry_port + o}/policy" if args.access_policy == "on" else None)
 
 
@@ -200,9 +241,23 @@ def portal_service(wiring: PortalWiring) -> Service:
         "--oidc-client-secret", client["client_secret"], "--oidc-redirect-url", client["redirect_uri"],
         "--oidc-role-claim", "groups", "--oidc-organisation-claim", "groups:org-",
         "--imaging-sources", ";".join(f"{name}|{root}" for name, root in wiring.imaging_sources.items()),
-        "--admin-role", "clinician",  # the demo user may open the registry browser
+        "--admin-role", "clinician",  # the demo user may open the registry browser and the audit search
+        *xua_signing_args(wiring), *wiring.audit_args,
+        *(["--audit-database-url", wiring.audit_database_url] if wiring.audit_database_url else []),
         *(["--access-policy-url", wiring.access_policy_url] if wiring.access_policy_url else []),
     ], wiring.database, (Listener("HTTP", wiring.port, path="/health"),))
+
+
+def xua_signing_args(wiring: PortalWiring) -> list[str]:
+    """The portal signs its users' assertions with the region's portal key; organisations are the hospitals
+    (the demo provider's ``org-<hospital>`` groups), each with its hospital-number OID's arc as its id."""
+    creds = wiring.credentials
+    if creds is None:
+        return []
+    organisations = ";".join(f"{h.name}={h.hospital_number_oid.rsplit('.', 1)[0]}" for h in HOSPITALS)
+    return ["--xua-signing-key", str(creds.xua_key), "--xua-signing-cert", str(creds.xua_cert),
+            "--xua-issuer", creds.xua_issuer, "--xua-audience", f"urn:oid:{NHS_NUMBER_OID}",
+            "--xua-organisation-ids", organisations]
 
 
 def portal_url(args: argparse.Namespace) -> str:
@@ -226,6 +281,10 @@ def endpoints(args: argparse.Namespace) -> str:
         ]
     lines.append(f"{'OpenID Connect':<19} issuer         http://{host}:{args.oidc_port + o}  "
                  f"(portal client: {args.data_dir / 'oidc' / 'portal-client.json'})")
+    lines.append(f"{'audit repository':<19} ITI-20         {audit_url(args)}  (xds-audit; search: portal /admin/audit "
+                 f"or xds-audit search --database-url ...)")
+    lines.append(f"{'XUA':<19} {args.xua:<14} on ITI-18, ITI-43, RAD-69, DICOMweb/WADO (portal key and trust files: "
+                 f"{args.data_dir / 'security'})")
     return "\n".join(lines)
 
 
@@ -254,6 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-prefix", default="xds_", help="prefix of the per-service database names")
     parser.add_argument("--oidc-port", type=int, default=8070, help="port of the embedded OpenID Connect provider")
     parser.add_argument("--portal-port", type=int, default=8090)
+    parser.add_argument("--audit-port", type=int, default=6514,
+                        help="port of the audit record repository (xds-audit): syslog over TLS, or UDP")
+    parser.add_argument("--audit-transport", choices=("tls", "udp"), default="tls",
+                        help="how the services send audit records: tls (RFC 5425, acknowledged: nothing lost) or udp "
+                             "(RFC 5426)")
+    parser.add_argument("--xua", choices=("required", "optional", "off"), default="required",
+                        help="XUA on the services' user-facing transactions (ITI-18, ITI-43, RAD-69, DICOMweb/WADO): "
+                             "the portal sends an assertion for its user; node-to-node ITI-41/42/57 stay allowed "
+                             "without one (local_network/security.py EXEMPT_ACTIONS)")
     parser.add_argument("--quiet-period", type=float, default=None,
                         help="seconds without a new instance before an imaging source publishes a study's manifest "
                              "(the imaging sources' default when absent)")
@@ -286,9 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"xds-local: cannot set up the OpenID Connect provider: {exc}", file=sys.stderr)
         return 1
+    try:
+        creds = security.prepare(args.data_dir, audience=f"urn:oid:{NHS_NUMBER_OID}", audit_host=args.host)
+    except (OSError, ValueError) as exc:
+        print(f"xds-local: cannot make the region's XUA and audit credentials: {exc}", file=sys.stderr)
+        return 1
     server_url, embedded = resolve_database_url(args.database_url, args.data_dir)
-    network = with_oidc(services(args, server_url), provider, args.host)
-    network.append(portal_service(portal_wiring(args, server_url, provider)))
+    network = with_oidc(services(args, server_url, creds), provider, args.host)
+    network.append(portal_service(portal_wiring(args, server_url, provider, creds)))
     try:
         asyncio.run(ensure_databases(server_url, [s.database for s in network if s.database]))
     except (OSError, asyncpg.PostgresError) as exc:

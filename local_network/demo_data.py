@@ -267,19 +267,23 @@ def write_study_files(folder: Path, plan: dict, study: dict, hospital: DemoHospi
     return sorted(target.glob("*.dcm"))
 
 
-async def submit_reports(registry_url: str, hospital: DemoHospital, patient: dict, study: dict) -> int:
-    """ITI-41 of the study's PDF and text reports, unless the registry already has them; how many were sent."""
+async def submit_reports(registry_url: str, hospital: DemoHospital, patient: dict, study: dict,
+                         data_dir: Path | None = None) -> int:
+    """ITI-41 of the study's PDF and text reports, unless the registry already has them; how many were sent.
+    The registry is asked with the loader's XUA assertion when the region made one (``data_dir/security``)."""
     from consumer.client.query import get_documents
     from consumer.client.soap import SoapClient
     from consumer.client.source import document_entry, provide_and_register, submission_package
     from ihe.metadata.model import ReferenceId
+    from local_network.security import loader_security
 
     patient_cx = f"{patient['nhs_number']}^^^&{NHS_NUMBER_OID}&ISO"
     # sourcePatientId is the hospital number (the registry wants the bare id^^^&OID&ISO form).
     local_cx = f"{patient['hospital_numbers'][hospital.name]}^^^&{hospital.hospital_number_oid}&ISO"
     lines = report_lines(patient, hospital, study)
     contents = {"pdf": ("application/pdf", pdf_report(lines)), "text": ("text/plain", "\n".join(lines).encode())}
-    async with SoapClient(timeout=60) as client:
+    provider = loader_security(data_dir, f"urn:oid:{NHS_NUMBER_OID}", hospital.name) if data_dir else None
+    async with SoapClient(timeout=60, security_provider=provider) as client:
         known = {e.unique_id for e in await get_documents(client, registry_url, list(study["reports"].values()))}
         entries, data = [], {}
         for kind, (mime, content) in contents.items():
@@ -336,7 +340,8 @@ async def load(data_dir: Path, hospitals: list[DemoHospital], registry_url: str,
             await asyncio.to_thread(c_store, files, hospital)
             journal.add(f"images-{n}")
         if f"reports-{n}" not in journal:
-            reports += await submit_reports(registry_url, hospital, plan["patients"][study["patient"]], study)
+            reports += await submit_reports(registry_url, hospital, plan["patients"][study["patient"]], study,
+                                            data_dir)
             journal.add(f"reports-{n}")
     summary = (f"{len(plan['patients'])} patients, {len(plan['studies'])} studies with a PDF and a text report each, "
                f"over {len({s['hospital'] for s in plan['studies']})} hospitals")

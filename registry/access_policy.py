@@ -326,7 +326,7 @@ async def record_consents(conn: asyncpg.Connection, config: PolicyConfig, docume
 async def grant_break_glass(conn: asyncpg.Connection, config: PolicyConfig, patient: int, requester: Requester,
                             reason_code: str, reason_text: str) -> datetime:
     """Time-limited access of one user to one patient; the caller checked the reason against the coded list."""
-    org = config.organisation(requester.organisation)
+    org = config.organisation_of(requester)
     if org is None or not requester.user:
         raise ValueError("break-glass needs a user of a member organisation")
     expires = now_utc() + config.break_glass_lifetime

@@ -16,6 +16,7 @@ import asyncpg
 from aiohttp import web
 
 from ihe.audit.auditor import open_auditor
+from ihe.audit.client import install_xua_alerts
 from ihe.audit.middleware import audit_middlewares
 from ihe.database import create_pool
 from ihe.http import SoapService, database_health
@@ -118,6 +119,7 @@ async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: boo
         loop.add_signal_handler(sig, stop.set)
     registry = await open_registry(settings, database_url)
     registry.auditor = open_auditor(settings, "xds-registry")
+    remove_alerts = install_xua_alerts(registry.auditor, f"http://{settings.host}:{settings.port}{REGISTRY_PATH}")
     runner = web.AppRunner(build_app(registry), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
@@ -136,5 +138,6 @@ async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: boo
             mllp.close()
         await runner.cleanup()
         await registry.pool.close()
+        remove_alerts()
         if registry.auditor is not None:
             registry.auditor.close()

@@ -118,7 +118,7 @@ def add_policy_routes(app: web.Application, registry: Registry) -> None:
             patient = await patient_row(conn, cx)
             facts = await patient_facts(conn, registry.policy, patient, now)
         decision = decide(registry.policy, requester, facts, None, now)
-        org = registry.policy.organisation(effective(registry.policy, requester).organisation)
+        org = registry.policy.organisation_of(effective(registry.policy, requester))
         can_break = (not decision.permit and patient is not None and org is not None and bool(requester.user)
                      and (not facts.opted_out or registry.policy.break_glass_when_opted_out))
         reasons = [{"code": c, "display": d} for c, d in registry.policy.break_glass_reasons]
@@ -134,7 +134,7 @@ def add_policy_routes(app: web.Application, registry: Registry) -> None:
             raise web.HTTPBadRequest(text=f"reason_code must be one of {', '.join(codes)}\n")
         if not isinstance(text, str) or not text.strip() or len(text) > 2000:
             raise web.HTTPBadRequest(text="reason_text (free text, at most 2000 characters) is required\n")
-        if registry.policy.organisation(requester.organisation) is None or not requester.user:
+        if registry.policy.organisation_of(requester) is None or not requester.user:
             raise web.HTTPForbidden(text="break-glass needs a signed-in user of a member organisation\n")
         async with registry.pool.acquire() as conn:
             patient = await patient_row(conn, cx)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from consumer.client.soap import SoapClient
 from ihe.audit.auditor import open_auditor
+from ihe.audit.client import ClientAudit, install_xua_alerts
 from ihe.audit.middleware import audit_middlewares
 from ihe.database import create_pool
 from ihe.http import SOAP_REQUEST, database_health, soap_response, unpack_soap_body
@@ -255,6 +256,10 @@ async def serve(settings: RepositorySettings, database_url: str, ready: asyncio.
 
     repo = await open_repository(settings, database_url)
     repo.auditor = open_auditor(settings, "xds-repository")
+    endpoint = f"http://{settings.host}:{settings.port}{REPOSITORY_PATH}"
+    remove_alerts = install_xua_alerts(repo.auditor, endpoint)
+    if repo.auditor is not None:  # the repository's own record of the ITI-42 it sends (Document Source side)
+        repo.soap_client.on_exchange = ClientAudit(repo.auditor, endpoint)
     runner = web.AppRunner(build_app(repo), access_log=None, read_bufsize=READ_BUFSIZE)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -270,5 +275,6 @@ async def serve(settings: RepositorySettings, database_url: str, ready: asyncio.
         recovery.cancel()
         await runner.cleanup()
         await close_repository(repo)
+        remove_alerts()
         if repo.auditor is not None:
             repo.auditor.close()

@@ -7,7 +7,7 @@ between "not delivered" and "outcome unknown" are handled once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,15 +71,27 @@ def _memory_sink(content_id: str, headers: dict[str, str]) -> MemorySink:
     return MemorySink(content_id, headers)
 
 
+# ``security_provider(url, action)``: the wsse:Security header of a request (the portal's XUA assertion for
+# the user on whose behalf it calls), or None.
+SecurityProvider = Callable[[str, str], bytes | None]
+# ``on_exchange(url, action, request body, answer body or None, error or None)``: after every call, e.g.
+# the requesting actor's ATNA audit record (``ihe.audit.client.ClientAudit``).
+ExchangeHook = Callable[[str, str, "bytes | etree._Element", "etree._Element | None", "BaseException | None"],
+                        Awaitable[None]]
+
+
 class SoapClient:
     """Reusable SOAP 1.2 client; one per process (it pools connections)."""
 
     def __init__(self, *, timeout: float | None = 300.0, connect_timeout: float = 10.0,
-                 max_xml_bytes: int = DEFAULT_MAX_XML_BYTES, session: aiohttp.ClientSession | None = None) -> None:
+                 max_xml_bytes: int = DEFAULT_MAX_XML_BYTES, session: aiohttp.ClientSession | None = None,
+                 security_provider: SecurityProvider | None = None, on_exchange: ExchangeHook | None = None) -> None:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout)
         self.max_xml_bytes = max_xml_bytes
         self._session = session
         self._own_session = session is None
+        self.security_provider = security_provider
+        self.on_exchange = on_exchange
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -115,8 +127,23 @@ class SoapClient:
         MTOM is used when there are attachments or ``mtom`` is True. Attachments of an MTOM
         answer go to ``open_sink`` (default: memory). Raises :class:`SoapFaultError` for a
         fault, :class:`TransportError` when no SOAP answer came back. ``security``: a wsse:Security
-        header (XUA, ``ihe.xua.assertion.security_header``).
+        header (XUA, ``ihe.xua.assertion.security_header``); without it the client's ``security_provider``
+        is asked for one. The ``on_exchange`` hook hears of every call, answered or not.
         """
+        if security is None and self.security_provider is not None:
+            security = self.security_provider(url, action)
+        if self.on_exchange is None:
+            return await self._call(url, action, body, attachments, mtom, open_sink, security)
+        try:
+            result = await self._call(url, action, body, attachments, mtom, open_sink, security)
+        except (SoapFaultError, TransportError) as exc:
+            await self.on_exchange(url, action, body, None, exc)
+            raise
+        await self.on_exchange(url, action, body, result.body, None)
+        return result
+
+    async def _call(self, url: str, action: str, body: bytes | etree._Element, attachments: Sequence[Attachment],
+                    mtom: bool | None, open_sink: SinkFactory | None, security: bytes | None) -> SoapResult:
         body_xml = body if isinstance(body, bytes) else etree.tostring(body)
         envelope = build_envelope_bytes(action, body_xml, to=url, security=security)
         if attachments or mtom:

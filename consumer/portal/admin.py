@@ -28,6 +28,7 @@ from consumer.client.soap import SoapFaultError, TransportError
 from consumer.portal import search
 from consumer.portal.context import Portal
 from consumer.portal.sessions import PortalSession, require_session
+from consumer.portal.xua import for_patient
 from ihe.metadata.model import DocumentEntry, Identifiable
 from ihe.pdq import PdqPatient, PdqQueryError, pdq_query
 
@@ -154,6 +155,7 @@ async def patient_details(portal: Portal, patient_id: str) -> dict[str, Any]:
     if address is None:
         raise search.SearchError("this portal has no registry MLLP address configured (--registry-mllp)")
     cx = search.patient_cx(patient_id, settings)
+    for_patient(cx)  # the resource-id of the XUA assertions of the ITI-18 that follow
     try:
         found = await pdq_query(*address, identifier=Identifiable(patient_id, settings.affinity_domain_oid),
                                 timeout=search.MLLP_TIMEOUT)

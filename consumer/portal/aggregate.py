@@ -322,9 +322,9 @@ async def _visit_imaging_source(portal: Portal, root: str, rows: list[Row]) -> S
     uids = sorted({r.study_uid for r in rows if r.study_uid})
 
     async def search(batch: list[str]) -> set[str]:
-        async with portal.http.get(f"{root}/studies", allow_redirects=False, headers={
-                "Accept": "application/dicom+json"}, params={"StudyInstanceUID": ",".join(batch),
-                                                             "includefield": "0020000D"}) as response:
+        headers = {"Accept": "application/dicom+json", **portal.xua_headers()}  # the user's XUA assertion
+        async with portal.http.get(f"{root}/studies", allow_redirects=False, headers=headers, params={
+                "StudyInstanceUID": ",".join(batch), "includefield": "0020000D"}) as response:
             body = await response.read()
             if response.status not in (200, 204):
                 raise ValueError(f"HTTP {response.status}: {body[:200].decode('utf-8', 'replace')}")

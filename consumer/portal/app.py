@@ -18,6 +18,7 @@ from consumer.client.soap import SoapClient, SoapFaultError, TransportError
 from consumer.portal import (
     admin,
     aggregate,
+    audit_search,
     cda,
     dicomweb_proxy,
     import_study,
@@ -44,6 +45,10 @@ from consumer.portal.sessions import (
     set_session_cookie,
 )
 from consumer.portal.settings import PortalSettings
+from consumer.portal.xua import PortalXua, caller_middleware, caller_objects, caller_user, for_patient
+from ihe.audit.auditor import open_auditor
+from ihe.audit.client import ClientAudit
+from ihe.audit.events import user_authentication_event
 from ihe.database import create_pool
 from ihe.http import database_health
 from schemas import migrate
@@ -111,8 +116,8 @@ def build_app(portal: Portal) -> web.Application:
                              subject=identity.subject)
 
     app = web.Application(middlewares=[session_middleware(
-        portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer)],
-        client_max_size=64 * 1024)
+        portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer),
+        caller_middleware()], client_max_size=64 * 1024)
     from consumer.portal.access import guard
 
     app.middlewares.append(guard(portal))  # after the session middleware: the user is known
@@ -152,9 +157,12 @@ def build_app(portal: Portal) -> web.Application:
             raise web.HTTPNotFound()
         if "error" in request.query:
             said = request.query.get("error_description") or request.query["error"]
+            await audit_sign_in(request, portal, None, f"the identity provider refused: {said}"[:300])
             return message(request, "Sign-in refused", f"the identity provider says: {said}", 403)
         state, code = request.query.get("state", ""), request.query.get("code", "")
         if not state or not code or request.cookies.get(LOGIN_COOKIE) != state:
+            await audit_sign_in(request, portal, None, "sign-in answer without its state (another browser, or "
+                                "forged)")
             return message(request, "Sign-in failed", "this sign-in was not started in this browser; please sign "
                            "in again", 400)
         try:
@@ -174,11 +182,13 @@ def build_app(portal: Portal) -> web.Application:
                 token, _ = await create_session(conn, identity.subject, identity.user_name, identity.role,
                                                 identity.organisation)
         except SignInError as exc:
+            await audit_sign_in(request, portal, None, str(exc))
             return message(request, "Sign-in failed", str(exc), 403)
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("identity provider unavailable: %s", exc)
             return message(request, "Sign-in failed", "the identity provider cannot be reached", 503)
         log.info("signed in: %s (%s, %s)", identity.subject, identity.role, identity.organisation)
+        await audit_sign_in(request, portal, f"{identity.user_name}<{identity.subject}>", None)
         response = web.HTTPFound(return_to)
         set_session_cookie(response, token, secure=settings.secure_cookies, max_age=settings.session_lifetime)
         response.del_cookie(LOGIN_COOKIE, path="/auth/")
@@ -186,9 +196,10 @@ def build_app(portal: Portal) -> web.Application:
 
     @routes.post("/logout")
     async def logout(request: web.Request) -> web.StreamResponse:
-        require_session(request)
+        session = require_session(request)
         async with portal.pool.acquire() as conn:
             await delete_session(conn, request.cookies[COOKIE])
+        await audit_sign_in(request, portal, f"{session.user}<{session.subject or session.user}>", None, login=False)
         response = web.HTTPFound("/?signed_out=1")
         clear_session_cookie(response, secure=settings.secure_cookies)
         return response
@@ -225,6 +236,7 @@ def build_app(portal: Portal) -> web.Application:
             filters: aggregate.Filters | None = aggregate.Filters.from_query(dict(request.query))
         except ValueError as exc:
             filters, filter_error = None, str(exc)
+        for_patient(search.patient_cx(patient, settings))  # the resource-id of the XUA assertions that follow
         everything = await aggregate.patient_documents(portal, patient)
         await import_study.mark_rows(portal, request.get("session"), patient, everything.rows)
         await patient_context.remember(portal, request, patient, everything.rows)
@@ -331,11 +343,27 @@ def build_app(portal: Portal) -> web.Application:
     app.add_routes(routes)
     app.add_routes(dicomweb_proxy.build_routes(
         portal.locate, require_session, client=lambda: portal.http,
-        patient_studies=lambda request: patient_context.patient_studies(portal, request)))
+        patient_studies=lambda request: patient_context.patient_studies(portal, request),
+        upstream_headers=portal.xua.http_headers if portal.xua else None))
     app.add_routes(viewer_routes(viewer.DEFAULT_OHIF_DIR, study_guard))
     import_study.install(app, portal)
     app.add_routes(admin.build_routes(portal))
+    app.add_routes(audit_search.build_routes(portal))
     return app
+
+
+async def audit_sign_in(request: web.Request, portal: Portal, user: str | None, failure: str | None, *,
+                        login: bool = True) -> None:
+    """The ATNA User Authentication record of a sign-in (failed when ``failure`` says why) or sign-out."""
+    if portal.auditor is None:
+        return
+    event = user_authentication_event(login=login, user=user or "unknown user", user_nap=request.remote,
+                                      node=portal.settings.base_url, node_nap=request.url.host,
+                                      source_id=portal.auditor.source_id, success=failure is None, reason=failure)
+    try:
+        await portal.auditor.arecord(event)
+    except Exception:
+        log.exception("ALARM: the audit record of a sign-in could not be written")
 
 
 def viewer_routes(ohif_dir: Path, guard: viewer.Guard | None = None) -> list[web.RouteDef]:
@@ -414,9 +442,17 @@ async def open_portal(settings: PortalSettings, database_url: str) -> Portal:
     if applied:
         log.info("applied portal migrations: %s", ", ".join(applied))
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300))
-    soap = SoapClient(timeout=300, connect_timeout=10)
+    signer = PortalXua.from_settings(settings)
+    auditor = open_auditor(settings, "xds-portal")
+    # Every ITI-18 / ITI-43 / RAD-69 carries the current user's assertion, and is audited as its requester.
+    soap = SoapClient(timeout=300, connect_timeout=10, security_provider=signer.security if signer else None,
+                      on_exchange=ClientAudit(auditor, settings.base_url, user=caller_user, extra=caller_objects)
+                      if auditor is not None else None)
     oidc = OidcClient(settings) if settings.oidc_issuer else None
-    return Portal(settings=settings, pool=pool, http=http, soap=soap, oidc=oidc)
+    if signer is None:
+        log.warning("no --xua-signing-key: the portal's requests carry no XUA assertion (services that require "
+                    "one will refuse them)")
+    return Portal(settings=settings, pool=pool, http=http, soap=soap, oidc=oidc, xua=signer, auditor=auditor)
 
 
 async def _purge_sessions(portal: Portal, every: float = 300.0) -> None:

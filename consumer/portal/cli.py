@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.registries:
         parser.error("name at least one registry (--registries NAME|URL)")
+    from consumer.portal.xua import xua_problem
+
+    if problem := xua_problem(settings):
+        parser.error(problem)
     database_url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
     try:
         from consumer.portal.app import serve

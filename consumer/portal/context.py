@@ -13,6 +13,8 @@ from consumer.portal.settings import PortalSettings
 
 if TYPE_CHECKING:
     from consumer.portal.oidc import OidcClient
+    from consumer.portal.xua import PortalXua
+    from ihe.audit.auditor import Auditor
 
 
 @dataclass(slots=True)
@@ -22,7 +24,14 @@ class Portal:
     http: aiohttp.ClientSession  # plain HTTP (reachability probes, the DICOMweb proxy)
     soap: SoapClient  # ITI-18, ITI-43
     oidc: OidcClient | None = None
+    xua: PortalXua | None = None  # signs the users' XUA assertions (--xua-signing-key)
+    auditor: Auditor | None = None  # ATNA audit of sign-in/out and of the portal's own requests
     extras: dict[str, Any] = field(default_factory=dict)  # background tasks, for shutdown
+
+    def xua_headers(self) -> dict[str, str]:
+        """Headers carrying the current user's XUA assertion, for the DICOMweb requests the portal makes itself
+        (the list's QIDO-RS checks); empty without a signing key (consumer.portal.xua) or a user."""
+        return self.xua.current_headers() if self.xua is not None else {}
 
     async def locate(self, study_uid: str) -> str | None:
         """The DICOMweb root of the imaging source holding ``study_uid`` (for the DICOMweb proxy)."""
@@ -34,6 +43,10 @@ class Portal:
         for task in self.extras.values():
             if hasattr(task, "cancel"):
                 task.cancel()
+        if "audit_pool" in self.extras:
+            await self.extras["audit_pool"].close()
         await self.soap.close()
         await self.http.close()
         await self.pool.close()
+        if self.auditor is not None:
+            self.auditor.close()

@@ -85,10 +85,15 @@ def portal_root(request: web.Request) -> str:
     return str(request.url.origin()) + PREFIX
 
 
-def _forward_headers(request: web.Request) -> dict[str, str]:
+UpstreamHeaders = Callable[[web.Request], dict[str, str]]
+
+
+def _forward_headers(request: web.Request, upstream_headers: UpstreamHeaders | None = None) -> dict[str, str]:
     headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
     # Bytes go through as the source sends them; no compression the client session might silently undo.
     headers["Accept-Encoding"] = "identity"
+    if upstream_headers is not None:  # the portal's own credentials for the source: the user's XUA assertion
+        headers.update(upstream_headers(request))
     return headers
 
 
@@ -100,13 +105,15 @@ def _bad_gateway(base: str, exc: BaseException) -> web.HTTPBadGateway:
 
 def build_routes(locate: Locate, require_session: RequireSession, *,
                  client: Callable[[], aiohttp.ClientSession] | None = None,
-                 patient_studies: PatientStudies | None = None) -> list[web.RouteDef]:
+                 patient_studies: PatientStudies | None = None,
+                 upstream_headers: UpstreamHeaders | None = None) -> list[web.RouteDef]:
     """Routes of ``/dicomweb``. ``locate(study_uid)`` gives the DICOMweb root of the imaging source holding
     the study (or None); ``require_session(request)`` (sync or async) raises 401 without a session;
     ``client()`` gives the portal's shared aiohttp session (default: one session per request);
     ``patient_studies(request)`` the Study Instance UIDs of the patient in the session's context, which
     bound a study search without StudyInstanceUID (OHIF's search for the patient's other studies):
-    without it such a search finds nothing, and says so in a Warning header."""
+    without it such a search finds nothing, and says so in a Warning header. ``upstream_headers(request)``
+    gives headers added to what goes to the source (the XUA ``Authorization`` of the signed-in user)."""
 
     async def check_session(request: web.Request) -> None:
         result = require_session(request)
@@ -130,7 +137,7 @@ def build_routes(locate: Locate, require_session: RequireSession, *,
         http, own = await session_for()
         try:
             try:
-                upstream = await http.request(request.method, url, headers=_forward_headers(request),
+                upstream = await http.request(request.method, url, headers=_forward_headers(request, upstream_headers),
                                               allow_redirects=False, timeout=_TIMEOUT)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise _bad_gateway(base, exc) from None
@@ -227,7 +234,8 @@ def build_routes(locate: Locate, require_session: RequireSession, *,
                     return [item for part in parts for item in part]
                 url = URL(base + "/studies").with_query([*rest, ("StudyInstanceUID", ",".join(uids))])
                 try:
-                    async with http.get(url, headers=_forward_headers(request), timeout=_TIMEOUT) as up:
+                    async with http.get(url, headers=_forward_headers(request, upstream_headers),
+                                        timeout=_TIMEOUT) as up:
                         if up.status == 204:
                             return []
                         if up.status != 200:

@@ -32,9 +32,10 @@ from consumer.client.soap import SoapFaultError, TransportError
 from consumer.portal import manifests
 from consumer.portal.aggregate import Row
 from consumer.portal.context import Portal
-from consumer.portal.search import SearchError, normalise_patient_id
+from consumer.portal.search import SearchError, normalise_patient_id, patient_cx
 from consumer.portal.sessions import PortalSession, require_session
 from consumer.portal.settings import Pacs, PortalSettings
+from consumer.portal.xua import CALLER, Caller
 from ihe import hl7
 from ihe.metadata.model import Identifiable
 
@@ -241,6 +242,10 @@ async def run_job(portal: Portal, job: asyncpg.Record) -> None:
     """One attempt at a job; its row ends 'imported' or 'failed' with the reason."""
     job_id = job["id"]
     settings = portal.settings
+    # RAD-69 and ITI-43 go out on behalf of the user who queued the job (their XUA assertion and audit).
+    requester = PortalSession(job["requested_by"], job["requester_role"], job["requester_organisation"], "",
+                              job["requester_subject"] or "")
+    token = CALLER.set(Caller(requester, patient_cx(job["patient_id"], settings)))
     try:
         pacs = settings.pacs_of(job["hospital"])
         if pacs is None:
@@ -279,6 +284,8 @@ async def run_job(portal: Portal, job: asyncpg.Record) -> None:
     except Exception as exc:  # anything unexpected still ends the job with a reason, never leaves it running
         log.exception("import %s failed", job_id)
         await _set(portal.pool, job_id, state="failed", reason=f"internal error: {type(exc).__name__}: {exc}"[:500])
+    finally:
+        CALLER.reset(token)
 
 
 async def _claim(conn: asyncpg.Connection) -> asyncpg.Record | None:
@@ -390,12 +397,15 @@ def install(app: web.Application, portal: Portal) -> None:
         async with portal.pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO portal_import (hospital, patient_id, repository_unique_id, document_unique_id, "
-                "requested_by) VALUES ($1, $2, $3, $4, $5) "
+                "requested_by, requester_subject, requester_role, requester_organisation) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
                 "ON CONFLICT (hospital, repository_unique_id, document_unique_id) DO UPDATE"
                 " SET state = 'queued', reason = NULL, done_count = 0, attempts = 0, patient_id = EXCLUDED.patient_id,"
-                " requested_by = EXCLUDED.requested_by,"
+                " requested_by = EXCLUDED.requested_by, requester_subject = EXCLUDED.requester_subject,"
+                " requester_role = EXCLUDED.requester_role, requester_organisation = EXCLUDED.requester_organisation,"
                 " updated_at = now() WHERE portal_import.state IN ('failed', 'imported')",
-                hospital, patient_id, repository, document, session.user)
+                hospital, patient_id, repository, document, session.user, session.subject, session.role,
+                session.organisation)
         wake.set()
         return back(request, patient_id)
 
@@ -409,8 +419,9 @@ def install(app: web.Application, portal: Portal) -> None:
         async with portal.pool.acquire() as conn:
             job = await conn.fetchrow(
                 "UPDATE portal_import SET state = 'queued', reason = NULL, done_count = 0, requested_by = $3, "
+                "requester_subject = $4, requester_role = $5, requester_organisation = $6, "
                 "updated_at = now() WHERE id = $1 AND hospital = $2 AND state = 'failed' RETURNING patient_id",
-                job_id, hospital, session.user)
+                job_id, hospital, session.user, session.subject, session.role, session.organisation)
             if job is None:
                 exists = await conn.fetchval("SELECT state FROM portal_import WHERE id = $1 AND hospital = $2",
                                              job_id, hospital)

@@ -50,7 +50,20 @@ OPTIONS: list[Option] = [
            "(asked for as acr_values off the trusted networks)", "mfa"),
     Option("pool-size", "PostgreSQL connections", 10, int),
     Option("log-level", "logging level", "INFO"),
+    Option("audit-database-url", "PostgreSQL URL of the ATNA audit record repository's database (xds-audit), read "
+           "by the admin page's audit search (/admin/audit); when absent that page says it is not configured"),
 ]
+
+
+def _more_options() -> list[Option]:
+    """XUA issuing (consumer.portal.xua) and ATNA audit (ihe.audit) options, shared with their modules."""
+    from consumer.portal.xua import XUA_OPTIONS
+    from ihe.audit.auditor import AUDIT_OPTIONS
+
+    return [*XUA_OPTIONS, *AUDIT_OPTIONS]
+
+
+OPTIONS += _more_options()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +161,21 @@ class PortalSettings:
     access_policy_url: str | None = None
     trusted_networks: str | None = None
     mfa_acr: str = "mfa"
+    audit_database_url: str | None = None
+    xua_signing_key: str | None = None  # consumer.portal.xua.XUA_OPTIONS
+    xua_signing_cert: str | None = None
+    xua_issuer: str | None = None
+    xua_audience: str | None = None
+    xua_lifetime: int = 300
+    xua_roles: str | None = None
+    xua_organisation_ids: str | None = None
+    xua_purpose_of_use: str = "TREATMENT"
+    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
+    audit_spool_dir: Path | None = None
+    audit_spool_max_bytes: int = 256 * 1024 * 1024
+    audit_ca_file: str | None = None
+    audit_source_id: str | None = None
+    audit_ack: str = "repository"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PortalSettings:

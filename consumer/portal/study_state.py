@@ -96,7 +96,8 @@ async def _newest_manifest(portal: Portal, study_uid: str):
 async def _source_has(portal: Portal, root: str, study_uid: str) -> bool:
     """QIDO-RS study search by UID at the source: does it still hold the study? (Errors propagate.)"""
     async with portal.http.get(f"{root}/studies", params={"StudyInstanceUID": study_uid, "includefield": "0020000D"},
-                               headers={"Accept": "application/dicom+json"}, allow_redirects=False) as response:
+                               headers={"Accept": "application/dicom+json", **portal.xua_headers()},
+                               allow_redirects=False) as response:
         body = await response.read()
         if response.status == 204:
             return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from lxml import etree
 
@@ -199,19 +200,33 @@ def outcome_of(status: int, body: bytes | None) -> str:
 
 
 def participants(*, requestor_id: str, requestor_nap: str | None, server_id: str, server_nap: str | None,
-                 server_is_source: bool, user: str | None = None) -> tuple[Participant, ...]:
-    """The requesting system, the serving system (with their Source/Destination roles) and a human user."""
+                 server_is_source: bool, user: str | None = None,
+                 user_role: Code | None = None) -> tuple[Participant, ...]:
+    """The requesting system, the serving system (with their Source/Destination roles) and a human user
+    (``user_role``: the user's role, e.g. the SNOMED CT role of an XUA assertion)."""
     req_role, srv_role = (ROLE_DESTINATION, ROLE_SOURCE) if server_is_source else (ROLE_SOURCE, ROLE_DESTINATION)
     out = [Participant(requestor_id or ANONYMOUS, True, req_role, requestor_nap),
            Participant(server_id, False, srv_role, server_nap)]
     if user:
-        out.append(Participant(user, True, None, requestor_nap))
+        out.append(Participant(user, True, user_role, requestor_nap))
     return tuple(out)
+
+
+def xua_user(identity: Any) -> tuple[str | None, Code | None]:
+    """The human requestor of a validated XUA assertion (:class:`ihe.xua.XuaIdentity`), as ITI-40 asks the
+    audit to name it: ``alias<user@issuer>`` (alias: the subject-id, user: the NameID); and the user's role."""
+    if identity is None:
+        return None, None
+    alias = identity.subject_id or ""
+    role = identity.role
+    code = Code(role.code, role.code_system_name or "SNOMED_CT", role.display_name or role.code) if role else None
+    return f"{alias}<{identity.name_id}@{identity.issuer}>", code
 
 
 def soap_event(action: str, body: etree._Element, *, source_id: str, requestor_id: str | None,
                requestor_nap: str | None, server_id: str, server_nap: str | None, outcome: str,
-               extra_objects: Iterable[ParticipantObject] = (), user: str | None = None) -> AuditEvent | None:
+               extra_objects: Iterable[ParticipantObject] = (), user: str | None = None,
+               user_role: Code | None = None) -> AuditEvent | None:
     """The audit event of one SOAP transaction, or None for an action no IHE transaction names."""
     t = SOAP_TRANSACTIONS.get(action)
     if t is None:
@@ -220,14 +235,19 @@ def soap_event(action: str, body: etree._Element, *, source_id: str, requestor_i
     return AuditEvent(t.event_id, t.action, outcome, source_id,
                       participants(requestor_id=requestor_id or ANONYMOUS, requestor_nap=requestor_nap,
                                    server_id=server_id, server_nap=server_nap, server_is_source=t.server_is_source,
-                                   user=user),
+                                   user=user, user_role=user_role),
                       tuple(objects), (t.code,))
 
 
 def web_retrieve_event(path: str, query: dict[str, str], match: dict[str, str], *, source_id: str,
                        requestor_nap: str | None, server_id: str, server_nap: str | None, outcome: str,
-                       extra_objects: Iterable[ParticipantObject] = (), user: str | None = None) -> AuditEvent | None:
-    """WADO-URI (``studyUID`` parameter) and WADO-RS (``/studies/{study}``) retrievals."""
+                       extra_objects: Iterable[ParticipantObject] = (), user: str | None = None,
+                       user_role: Code | None = None) -> AuditEvent | None:
+    """WADO-URI (``studyUID`` parameter) and WADO-RS (``/studies/{study}``) retrievals; QIDO-RS searches
+    (paths ending in ``/studies``, ``/series`` or ``/instances``) are Query events (RAD-129)."""
+    if is_qido(path):
+        return qido_event(path, query, match, source_id=source_id, requestor_nap=requestor_nap, server_id=server_id,
+                          server_nap=server_nap, outcome=outcome, user=user, user_role=user_role)
     if "study" in match:
         code, uid = WADO_RS, match["study"]
     elif "studyUID" in query:
@@ -237,8 +257,42 @@ def web_retrieve_event(path: str, query: dict[str, str], match: dict[str, str], 
     objects = _dedup([study(uid), *extra_objects])
     return AuditEvent(EV_EXPORT, ACTION_READ, outcome, source_id,
                       participants(requestor_id=requestor_nap or ANONYMOUS, requestor_nap=requestor_nap,
-                                   server_id=server_id, server_nap=server_nap, server_is_source=True, user=user),
+                                   server_id=server_id, server_nap=server_nap, server_is_source=True, user=user,
+                                   user_role=user_role),
                       tuple(objects), (code,))
+
+
+QIDO_RS = transaction_code("RAD-129", "QIDO-RS Query")
+QIDO_PATIENT_KEYS = ("PatientID", "00100020")
+
+
+def is_qido(path: str) -> bool:
+    """A QIDO-RS search resource (PS3.18 10.6): ``.../studies``, ``.../series`` or ``.../instances``."""
+    return path.rstrip("/").rsplit("/", 1)[-1] in ("studies", "series", "instances")
+
+
+def qido_event(path: str, query: dict[str, str], match: dict[str, str], *, source_id: str,
+               requestor_nap: str | None, server_id: str, server_nap: str | None, outcome: str,
+               user: str | None = None, user_role: Code | None = None) -> AuditEvent:
+    """A QIDO-RS search: Query (110112), Execute; the study it is confined to, the patient it names
+    (``PatientID`` with ``IssuerOfPatientID`` when given) and the query itself (path and parameters)."""
+    from urllib.parse import urlencode
+
+    objects: list[ParticipantObject] = []
+    if match.get("study"):
+        objects.append(study(match["study"]))
+    for key in QIDO_PATIENT_KEYS:
+        if query.get(key):
+            issuer = query.get("IssuerOfPatientID") or query.get("00100021")
+            objects.append(patient(f"{query[key]}^^^{issuer}" if issuer else query[key]))
+            break
+    text = path + ("?" + urlencode(sorted(query.items())) if query else "")
+    objects.append(ParticipantObject(path, QIDO_RS, TYPE_SYSTEM, ROLE_QUERY, query=text.encode("utf-8")))
+    return AuditEvent(EV_QUERY, ACTION_EXECUTE, outcome, source_id,
+                      participants(requestor_id=requestor_nap or ANONYMOUS, requestor_nap=requestor_nap,
+                                   server_id=server_id, server_nap=server_nap, server_is_source=False, user=user,
+                                   user_role=user_role),
+                      tuple(_dedup(objects)), (QIDO_RS,))
 
 
 def cstore_event(*, calling_ae: str, peer: str | None, called_ae: str, server_nap: str | None, source_id: str,
@@ -317,3 +371,94 @@ def security_alert_event(*, alert: Code, reason: str, requestor: str | None, req
 ALERT_NODE_AUTHENTICATION = Code("110126", "DCM", "Node Authentication")
 ALERT_USE_OF_RESTRICTED_FUNCTION = Code("110132", "DCM", "Use of Restricted Function")
 ALERT_SECURITY_CONFIGURATION = Code("110129", "DCM", "Security Configuration")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTransaction:
+    code: Code
+    event_id: Code
+    action: str
+    client_is_source: bool  # data flows from the client (query, export) rather than to it (retrieve, import)
+    objects: Callable[[etree._Element], list[ParticipantObject]]
+
+
+# The requesting actor's own audit record (ITI TF-2 per transaction, "Security Considerations"): the
+# Document Consumer's Query / Import, the Document Source's and Repository's Export, the Imaging
+# Document Consumer's Import.
+CLIENT_TRANSACTIONS: dict[str, ClientTransaction] = {
+    ACTION_ITI18: ClientTransaction(transaction_code("ITI-18", "Registry Stored Query"), EV_QUERY, ACTION_EXECUTE,
+                                    True, query_objects),
+    ACTION_ITI41: ClientTransaction(transaction_code("ITI-41", "Provide and Register Document Set-b"), EV_EXPORT,
+                                    ACTION_READ, True, submission_objects),
+    ACTION_ITI42: ClientTransaction(transaction_code("ITI-42", "Register Document Set-b"), EV_EXPORT, ACTION_READ,
+                                    True, submission_objects),
+    ACTION_ITI43: ClientTransaction(transaction_code("ITI-43", "Retrieve Document Set"), EV_IMPORT, ACTION_CREATE,
+                                    False, document_objects),
+    ACTION_ITI57: ClientTransaction(transaction_code("ITI-57", "Update Document Set"), EV_PATIENT_RECORD,
+                                    ACTION_UPDATE, True, submission_objects),
+    ACTION_RAD69: ClientTransaction(transaction_code("RAD-69", "Retrieve Imaging Document Set"), EV_IMPORT,
+                                    ACTION_CREATE, False, study_objects),
+}
+RAD68 = transaction_code("RAD-68", "Provide and Register Imaging Document Set - MTOM/XOP")
+
+
+def client_soap_event(action: str, body: etree._Element, *, source_id: str, client_id: str, client_nap: str | None,
+                      server_id: str, server_nap: str | None, outcome: str, user: str | None = None,
+                      user_role: Code | None = None, event_type: Code | None = None,
+                      extra_objects: Iterable[ParticipantObject] = ()) -> AuditEvent | None:
+    """The audit event the *requesting* actor records for one SOAP transaction it made, or None for an
+    action it need not audit. ``event_type`` renames the transaction (an imaging source's ITI-41 is RAD-68)."""
+    t = CLIENT_TRANSACTIONS.get(action)
+    if t is None:
+        return None
+    objects = _dedup([*t.objects(body), *extra_objects])
+    return AuditEvent(t.event_id, t.action, outcome, source_id,
+                      participants(requestor_id=client_id, requestor_nap=client_nap, server_id=server_id,
+                                   server_nap=server_nap, server_is_source=not t.client_is_source, user=user,
+                                   user_role=user_role),
+                      tuple(objects), (event_type or t.code,))
+
+
+def web_client_event(path: str, query: dict[str, str], match: dict[str, str], *, source_id: str, client_id: str,
+                     client_nap: str | None, server_id: str, server_nap: str | None, outcome: str,
+                     user: str | None = None, user_role: Code | None = None,
+                     extra_objects: Iterable[ParticipantObject] = ()) -> AuditEvent | None:
+    """The requesting side of a DICOMweb request (a proxy or viewer back end): QIDO-RS is a Query it made,
+    WADO-RS an Import of the study's data."""
+    if is_qido(path):
+        event = qido_event(path, query, match, source_id=source_id, requestor_nap=client_nap, server_id=server_id,
+                           server_nap=server_nap, outcome=outcome, user=user, user_role=user_role)
+        objects = _dedup([*event.objects, *extra_objects])
+        return AuditEvent(event.event_id, event.action, outcome, source_id,
+                          participants(requestor_id=client_id, requestor_nap=client_nap, server_id=server_id,
+                                       server_nap=server_nap, server_is_source=False, user=user, user_role=user_role),
+                          tuple(objects), event.event_types)
+    if not match.get("study"):
+        return None
+    return AuditEvent(EV_IMPORT, ACTION_CREATE, outcome, source_id,
+                      participants(requestor_id=client_id, requestor_nap=client_nap, server_id=server_id,
+                                   server_nap=server_nap, server_is_source=True, user=user, user_role=user_role),
+                      tuple(_dedup([study(match["study"]), *extra_objects])), (WADO_RS,))
+
+
+ALERT_OBJECT_URI = Code("12", "RFC-3881", "URI")
+ROLE_SECURITY_RESOURCE = "13"
+
+
+def xua_alert_event(*, reason: str, code: str, endpoint: str, remote: str | None, issuer: str | None,
+                    subject: str | None, node: str, node_nap: str | None, source_id: str) -> AuditEvent:
+    """A refused XUA assertion: a Security Alert naming the claimed user and issuer, the endpoint and why.
+    An untrusted or bad signature (WS-Security FailedAuthentication) is a Node Authentication alert and a
+    serious failure; any other refusal (expired, wrong audience, missing attributes) a Use of Restricted
+    Function by someone not shown to be entitled to it."""
+    failed_authentication = code.endswith("}FailedAuthentication")
+    alert = ALERT_NODE_AUTHENTICATION if failed_authentication else ALERT_USE_OF_RESTRICTED_FUNCTION
+    claimed = f"{subject}@{issuer}" if subject and issuer else (subject or issuer)
+    event = security_alert_event(alert=alert, reason=f"XUA assertion refused: {reason}", requestor=claimed,
+                                 requestor_nap=remote, node=node, node_nap=node_nap, source_id=source_id,
+                                 serious=failed_authentication)
+    resource = ParticipantObject(endpoint, ALERT_OBJECT_URI, TYPE_SYSTEM, ROLE_SECURITY_RESOURCE,
+                                 details=(("Alert Description", reason.encode("utf-8")),
+                                          ("WS-Security fault", code.encode("utf-8"))))
+    return AuditEvent(event.event_id, event.action, event.outcome, event.source_id, event.participants,
+                      (resource,), event.event_types, outcome_description=event.outcome_description)

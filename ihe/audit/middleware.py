@@ -19,7 +19,15 @@ from typing import Any
 from aiohttp import web
 
 from ihe.audit.auditor import Auditor
-from ihe.audit.events import cstore_event, hl7_event, outcome_of, soap_event, web_retrieve_event
+from ihe.audit.events import (
+    cstore_event,
+    hl7_event,
+    is_qido,
+    outcome_of,
+    soap_event,
+    web_retrieve_event,
+    xua_user,
+)
 from ihe.audit.messages import ParticipantObject
 
 log = logging.getLogger(__name__)
@@ -44,10 +52,11 @@ def audit_middlewares(auditor: Auditor | None) -> list:
 
 
 def _audited(request: web.Request) -> bool:
-    """Requests that carry a transaction: SOAP POSTs, WADO-URI and WADO-RS retrievals."""
+    """Requests that carry a transaction: SOAP POSTs, WADO-URI and WADO-RS retrievals, QIDO-RS searches."""
     if request.method == "POST":
         return True
-    return "study" in request.match_info or "studyUID" in request.query
+    return "study" in request.match_info or "studyUID" in request.query or (
+        request.method in ("GET", "HEAD") and is_qido(request.path))
 
 
 def _refusal(request: web.Request) -> web.Response:
@@ -101,17 +110,20 @@ def request_event(auditor: Auditor, request: web.Request, status: int, body: byt
     outcome = outcome_of(status, body)
     server_id = str(request.url.with_query(None))
     from ihe.http import SOAP_REQUEST
+    from ihe.xua.web import identity_of
 
-    user = request.get(AUDIT_USER)
+    user, role = xua_user(identity_of(request))  # the assertion's user, when XUA validated one
+    user = request.get(AUDIT_USER) or user
     soap = request.get(SOAP_REQUEST)
     if soap is not None:
         return soap_event(soap.action, soap.body, source_id=auditor.source_id, requestor_id=soap.reply_to,
                           requestor_nap=request.remote, server_id=server_id, server_nap=request.url.host,
-                          outcome=outcome, extra_objects=extra, user=user)
+                          outcome=outcome, extra_objects=extra, user=user, user_role=role)
     if request.method in ("GET", "HEAD"):
         return web_retrieve_event(request.path, dict(request.query), dict(request.match_info),
                                   source_id=auditor.source_id, requestor_nap=request.remote, server_id=server_id,
-                                  server_nap=request.url.host, outcome=outcome, extra_objects=extra, user=user)
+                                  server_nap=request.url.host, outcome=outcome, extra_objects=extra, user=user,
+                                  user_role=role)
     return None
 
 

@@ -138,6 +138,7 @@ class AuditReceiver:
         self.servers: list[asyncio.AbstractServer] = []
         self.transports: list[asyncio.BaseTransport] = []
         self.stored = 0
+        self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
 
     async def start_stream(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         server = await asyncio.start_server(self._serve_stream, host, port, ssl=ssl_context, reuse_address=True)
@@ -152,6 +153,9 @@ class AuditReceiver:
         peer = writer.get_extra_info("peername")
         address = peer[0] if peer else None
         frames = FrameReader(max_frame=MAX_MESSAGE_BYTES)
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections[task] = writer
         try:
             while True:
                 data = await reader.read(256 * 1024)
@@ -179,6 +183,7 @@ class AuditReceiver:
         except Exception:
             log.exception("audit: connection from %s failed; its unacknowledged records will be resent", address)
         finally:
+            self._connections.pop(task, None)
             writer.close()
 
     async def store_datagram(self, data: bytes, address: str | None) -> None:
@@ -191,10 +196,16 @@ class AuditReceiver:
             log.exception("audit: a UDP record from %s could not be stored and is lost", address)
 
     async def close(self) -> None:
+        """Stop listening and end the open connections (what a sender sent and did not see acknowledged it
+        sends again to the next process), waiting for the batch being stored to finish."""
         for s in self.servers:
             s.close()
         for t in self.transports:
             t.close()
+        for writer in list(self._connections.values()):
+            writer.transport.abort()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=5)
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -49,7 +49,7 @@ def decide(config: PolicyConfig, requester: Requester, facts: PatientFacts, docu
         if config.anonymous is Anonymous.PERMIT:
             return Decision(True, "anonymous requests are permitted by the configured policy", "anonymous")
         return Decision(False, "the request carries no identity (XUA assertion or a known node)", "anonymous")
-    org = config.organisation(requester.organisation)
+    org = config.organisation_of(requester)
     if org is None:
         return Decision(False, f"organisation {requester.organisation} is not a member of the region", "unknown")
     own = document is not None and document.owner == org.id

@@ -29,10 +29,12 @@ class Requester:
     purpose: str | None = None  # HL7 PurposeOfUse (TREATMENT, EMERGENCY, ...)
     source: str = "anonymous"  # xua | node | session | anonymous
     node: str | None = None  # the caller's network address, mapped by the policy's [[nodes]]
+    organisation_name: str | None = None  # the assertion's organization (a name), when its id is not a member's
 
     def as_json(self) -> dict:
         return {"organisation": self.organisation, "user": self.user, "role": self.role,
-                "purpose": self.purpose, "source": self.source, "node": self.node}
+                "purpose": self.purpose, "source": self.source, "node": self.node,
+                "organisation_name": self.organisation_name}
 
     @classmethod
     def from_json(cls, value: dict) -> Requester:
@@ -41,7 +43,8 @@ class Requester:
             return str(v) if v not in (None, "") else None
 
         return cls(organisation=text("organisation"), user=text("user"), role=text("role"), purpose=text("purpose"),
-                   source=text("source") or "anonymous", node=text("node"))
+                   source=text("source") or "anonymous", node=text("node"),
+                   organisation_name=text("organisation_name"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,11 @@ class PolicyConfig:
         if not name:
             return None
         return self._by_name.get(name.strip().lower())
+
+    def organisation_of(self, requester: Requester) -> Organisation | None:
+        """The member a requester belongs to: by its organisation id, else by the organisation name it asserts
+        (both come from the same signed assertion)."""
+        return self.organisation(requester.organisation) or self.organisation(requester.organisation_name)
 
     def owner_of_repository(self, repository_unique_id: str | None) -> str | None:
         return next((o.id for o in self.organisations if repository_unique_id in o.repositories), None)

@@ -31,7 +31,7 @@ def from_xua(identity: XuaIdentity, node: str | None = None) -> Requester:
                      user=identity.name_id or identity.subject_id or None,
                      role=identity.role.code if identity.role is not None else None,
                      purpose=identity.purpose_of_use.code if identity.purpose_of_use is not None else None,
-                     source="xua", node=node)
+                     source="xua", node=node, organisation_name=identity.organization or None)
 
 
 def requester_of_soap(soap: SoapRequest) -> Requester:

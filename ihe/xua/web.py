@@ -75,10 +75,18 @@ def enforce_soap(request: web.Request, envelope: etree._Element, action: str | N
     if optional and not has_security_token(envelope):
         return None
     try:
-        return validate_assertion(envelope, policy)
+        identity = validate_assertion(envelope, policy)
     except XuaError as exc:
         report(policy, exc, request, envelope)
         raise SoapFault(FAULT_SENDER, f"XUA: {exc.reason}", exc.code) from None
+    request[XUA_IDENTITY] = identity
+    return identity
+
+
+def identity_of(request: web.Request) -> XuaIdentity | None:
+    """The validated XUA identity of ``request`` (SOAP, DICOMweb or WADO), or None when none was sent or
+    the service runs with ``--xua off``. Handlers and later layers (audit, access policy) read it here."""
+    return request.get(XUA_IDENTITY)
 
 
 def _assertion_from_header(value: str, policy: XuaPolicy) -> etree._Element:

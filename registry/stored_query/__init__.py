@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ihe.audit.messages import patient
+from ihe.audit.middleware import add_participant_object
 from ihe.errors import ErrorCode, RegistryError, XDSError, error
 from ihe.http import SoapReply
 from ihe.metadata.model import Identifiable
@@ -58,6 +60,10 @@ async def registry_stored_query(registry: Registry, request: SoapRequest) -> Soa
                                                   "see the registry's log")])
         return SoapReply(ACTION_ITI18_RESPONSE, body)
     log.debug("stored query %s returned %d objects", stored.name, len(objects))
+    # The audit record names the patients whose objects were returned, also when the query named none
+    # (GetDocuments by uniqueId, GetAssociations ...): "who saw which patient" must find them.
+    for patient_id in dict.fromkeys(o.patient_id for o in objects if o.patient_id):
+        add_participant_object(patient(patient_id))
     return SoapReply(ACTION_ITI18_RESPONSE,
                      adhoc_query_response(objects, leaf_class=leaf_class, home=home, errors=warnings))
 

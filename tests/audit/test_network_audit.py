@@ -114,9 +114,9 @@ def test_every_service_audits_what_it_handles(registry_database_url, tmp_path):
         assert built.submission_set_unique_id in by_type["ITI-42"]["object_ids"]
         assert by_type["ITI-18"]["patient_ids"] == [cx] and by_type["ITI-18"]["event_id"] == "110112"
 
-        repo = _wait_rows(registry_database_url, f"repository-{tag}", 2)
+        repo = _wait_rows(registry_database_url, f"repository-{tag}", 3)
         by_type = {r["event_type"]: r for r in repo}
-        assert set(by_type) == {"ITI-41", "ITI-43"}, repo
+        assert set(by_type) == {"ITI-41", "ITI-42", "ITI-43"}, repo  # ITI-42: its own record as the sender
         assert by_type["ITI-41"]["patient_ids"] == [cx]
         assert built.submission_set_unique_id in by_type["ITI-41"]["object_ids"]
         assert by_type["ITI-43"]["object_ids"] == [built.document_unique_ids[0]]

@@ -56,10 +56,27 @@ def xds_local(postgres_admin_url, data_dir, offset, prefix) -> subprocess.Popen:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def documents_by_patient(registry_url: str, patients: list[dict]) -> dict[str, list]:
-    """ITI-18 FindDocuments (Approved) for each demo patient's NHS number."""
+def portal_assertions(data_dir):
+    """A SOAP client's ``security_provider`` acting as the region's portal (its XUA key, made by xds-local) for
+    a test user: the registry requires an assertion on ITI-18."""
+    from consumer.portal.sessions import PortalSession
+    from consumer.portal.settings import PortalSettings
+    from consumer.portal.xua import Caller, PortalXua
+    from ihe.xua.assertion import security_header
+    from local_network.security import PORTAL_ISSUER
+
+    folder = data_dir / "security"
+    xua = PortalXua.from_settings(PortalSettings.from_dict({
+        "xua_signing_key": str(folder / "portal-xua.key"), "xua_signing_cert": str(folder / "portal-xua.pem"),
+        "xua_issuer": PORTAL_ISSUER}))
+    caller = Caller(PortalSession("xds-local test", "clinician", "hospital-a", "", "xds-local-test"))
+    return lambda url, action: security_header(xua.assertion(caller))
+
+
+def documents_by_patient(registry_url: str, patients: list[dict], data_dir) -> dict[str, list]:
+    """ITI-18 FindDocuments (Approved) for each demo patient's NHS number, as the portal asks (XUA)."""
     async def run():
-        async with SoapClient(timeout=30) as client:
+        async with SoapClient(timeout=30, security_provider=portal_assertions(data_dir)) as client:
             return {p["nhs_number"]: await find_documents(client, registry_url, f"{p['nhs_number']}^^^&{NHS_OID}&ISO")
                     for p in patients}
     return asyncio.run(run())
@@ -130,7 +147,7 @@ def test_demo_reports_and_manifests_are_found_by_nhs_number_at_the_right_hospita
                                              ("application/dicom", repo)])
     deadline = time.monotonic() + 120  # the manifests come after the imaging sources' quiet period
     while True:
-        found = documents_by_patient(network["registry"], plan["patients"])
+        found = documents_by_patient(network["registry"], plan["patients"], network["data_dir"])
         got = {nhs: sorted((e.mime_type, e.repository_unique_id) for e in entries) for nhs, entries in found.items()}
         if got == {nhs: sorted(v) for nhs, v in expected.items()} or time.monotonic() > deadline:
             break
@@ -162,7 +179,7 @@ def test_a_load_interrupted_after_sending_but_before_journaling_resumes_without_
     assert (demo / "loaded.json").exists() and logged
     time.sleep(4)  # past the quiet period: a new manifest would be published now
     plan = json.loads((demo / "plan.json").read_text())
-    found = documents_by_patient(network["registry"], plan["patients"])
+    found = documents_by_patient(network["registry"], plan["patients"], network["data_dir"])
     assert {nhs: len(entries) for nhs, entries in found.items()} == network["documents"]
 
 
@@ -250,7 +267,7 @@ def test_the_portal_signs_in_the_demo_user_and_lists_a_patients_documents_from_e
 
     patient = demo_patients(network["data_dir"])[0]
     nhs = patient["nhs_number"]
-    [entries] = documents_by_patient(network["registry"], [patient]).values()
+    [entries] = documents_by_patient(network["registry"], [patient], network["data_dir"]).values()
     deadline = time.monotonic() + 60
     while True:
         answer = browser.get(f"{portal}/api/patients/{nhs}/documents", timeout=60)
@@ -266,6 +283,54 @@ def test_the_portal_signs_in_the_demo_user_and_lists_a_patients_documents_from_e
     csrf = html.fromstring(browser.get(f"{portal}/patients/{nhs}", timeout=60).text).forms[0].fields.get("csrf_token")
     assert browser.post(portal + "/logout", data={"csrf_token": csrf}, timeout=30).status_code == 200
     assert browser.get(f"{portal}/api/patients/{nhs}/documents", timeout=10).status_code == 401
+
+
+def test_the_region_requires_xua_on_queries_and_allows_the_hospitals_nodes(network):
+    """ITI-18 without the portal's assertion gets a WS-Security fault; the demo data's ITI-41/ITI-42 went in
+    without one (node to node); the imaging sources' DICOMweb wants an assertion too."""
+    from consumer.client.soap import SoapFaultError
+
+    network["output"].wait_for(READY, 300)
+    nhs = json.loads((network["data_dir"] / "demo" / "plan.json").read_text())["patients"][0]["nhs_number"]
+
+    async def bare_query():
+        async with SoapClient(timeout=30) as client:
+            await find_documents(client, network["registry"], f"{nhs}^^^&{NHS_OID}&ISO")
+
+    with pytest.raises(SoapFaultError) as refused:
+        asyncio.run(bare_query())
+    assert refused.value.fault.subcode.endswith("InvalidSecurity")
+    answer = requests.get(f"http://127.0.0.1:{8040 + network['offset']}/dicomweb/studies", timeout=10)
+    assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("SAML")
+
+
+def test_every_service_audits_to_the_regions_repository_and_xds_audit_search_finds_who_saw_whom(network):
+    """xds-local runs xds-audit (syslog over TLS) and points every service at it: the demo load's C-STORE,
+    RAD-68, ITI-41 and ITI-42, the portal's sign-in and queries are there, and `xds-audit search` lists them."""
+    network["output"].wait_for(READY, 300)
+    assert any(line.startswith("audit repository") and "tls://" in line for line in network["output"].lines)
+    nhs = json.loads((network["data_dir"] / "demo" / "plan.json").read_text())["patients"][0]["nhs_number"]
+    database = network["url"].rsplit("/", 1)[0] + f"/{network['prefix']}audit"
+
+    def search(*args: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "ihe.audit.cli", "search", "--database-url", database, *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    deadline = time.monotonic() + 60
+    while True:
+        nodes = {line.split("node=")[1].split()[0] + " " + line.split()[1] for line in search("--limit", "5000")}
+        wanted = {"hospital-a-imaging 110104", "hospital-a-imaging RAD-68", "hospital-a-repository ITI-41",
+                  "hospital-a-repository ITI-42", "registry ITI-42", "registry ITI-8", "portal 110122",
+                  "registry ITI-18", "portal ITI-18"}
+        if wanted <= nodes or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert wanted <= nodes, sorted(wanted - nodes)
+    seen = search("--patient", nhs, "--event", "ITI-18", "--node", "registry")
+    assert seen and all("ITI-18" in line and f"{nhs}^^^&{NHS_OID}&ISO" in line for line in seen)
+    assert any("user=" in line and "<" in line for line in seen)  # the assertion's user, alias<user@issuer>
 
 
 def test_a_second_copy_on_the_same_ports_says_so_in_one_line(network, tmp_path):
@@ -305,14 +370,15 @@ def test_a_restart_keeps_the_data_and_loads_nothing_twice(network):
     assert any("demo data already loaded" in line for line in network["output"].lines), network["output"].lines
     plan = json.loads((network["data_dir"] / "demo" / "plan.json").read_text())
     time.sleep(3)  # longer than the quiet period: a republished manifest would show now
-    found = documents_by_patient(network["registry"], plan["patients"])
+    found = documents_by_patient(network["registry"], plan["patients"], network["data_dir"])
     assert {nhs: len(entries) for nhs, entries in found.items()} == network["documents"]
 
 
 def test_ctrl_c_stops_every_service_and_says_stopped(network):
     network["output"].wait_for(READY, 300)
     children = psutil.Process(network["proc"].pid).children(recursive=True)
-    assert len(children) >= 8, "registry, three repositories, three imaging sources, the OpenID Connect provider"
+    assert len(children) >= 10, ("registry, three repositories, three imaging sources, the OpenID Connect provider, "
+                                 "the portal, the audit record repository")
     lines = stop(network)
     assert lines[-1] == "xds-local: stopped", lines[-5:]
     assert sum(line.startswith("xds-local: stopped") for line in lines) == 1

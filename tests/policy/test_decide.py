@@ -152,3 +152,11 @@ def test_the_documented_example_policy_loads():
     assert example.organisation("hospital-b").id == "1.3.6.1.4.1.21367.2026.2"
     assert [r.name for r in example.restrictions] == ["sexual health"]
     assert example.opt_out_policies and example.opt_in_policies
+
+
+def test_an_assertion_naming_a_member_by_name_only_counts_as_that_member():
+    facts = PatientFacts(relationships=(Relationship(A, "ADT A01"),))
+    system = Requester(organisation="urn:oid:9.9.9", organisation_name="Hospital A", user="loader", source="xua")
+    assert decide(POLICY, system, facts, doc(B), NOW).basis == "relationship"
+    stranger = Requester(organisation="urn:oid:9.9.9", organisation_name="Elsewhere", user="x", source="xua")
+    assert decide(POLICY, stranger, facts, doc(B), NOW).basis == "unknown"

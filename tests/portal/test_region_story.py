@@ -37,7 +37,7 @@ from local_network.cli import HOSPITALS
 from local_network.demo_data import demo_patients
 from tests.conftest import ROOT
 from tests.deploy.helpers import Output, drop_databases
-from tests.deploy.test_local_network import READY, xds_local
+from tests.deploy.test_local_network import READY, portal_assertions, xds_local
 from tests.portal.test_viewer_browser import CANVAS_STATS, CHROMIUM
 
 NHS_OID = "2.16.840.1.113883.2.1.4.1"
@@ -94,10 +94,12 @@ def hospital_processes(region: dict, name: str) -> list[psutil.Process]:
     return found
 
 
-async def wait_for_documents(registry_url: str, nhs: str, count: int, timeout: float = 180.0) -> None:
-    """Until the registry lists ``count`` documents of ``nhs`` (manifests come after the quiet period)."""
+async def wait_for_documents(registry_url: str, nhs: str, count: int, data_dir: Path,
+                             timeout: float = 180.0) -> None:
+    """Until the registry lists ``count`` documents of ``nhs`` (manifests come after the quiet period); asked as
+    the region's portal asks (its XUA assertion: the region requires one on ITI-18)."""
     deadline = time.monotonic() + timeout
-    async with SoapClient(timeout=30) as client:
+    async with SoapClient(timeout=30, security_provider=portal_assertions(data_dir)) as client:
         while len(await find_documents(client, registry_url, f"{nhs}^^^&{NHS_OID}&ISO")) < count:
             assert time.monotonic() < deadline, f"the demo patient's {count} documents were not all registered"
             await asyncio.sleep(1)
@@ -124,7 +126,8 @@ async def test_a_clinician_signs_in_finds_a_patient_reads_a_report_views_a_ct_an
     studies = [s for s in plan["studies"] if s["patient"] == 0]
     assert {s["hospital"] for s in studies} == {"hospital-a", "hospital-b", "hospital-c"}, studies
     ct = next(s for s in studies if s["kind"] == "CT")
-    await wait_for_documents(f"http://127.0.0.1:{8010 + offset}/registry", nhs, 3 * len(studies))
+    await wait_for_documents(f"http://127.0.0.1:{8010 + offset}/registry", nhs, 3 * len(studies),
+                             region["data_dir"])
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
