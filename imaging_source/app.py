@@ -10,6 +10,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import install_xua_alerts
 from ihe.audit.middleware import DicomAudit, audit_middlewares
@@ -32,7 +33,11 @@ async def open_source(settings: ImagingSourceSettings, database_url: str) -> Ima
         applied = await migrate(conn, "imaging_source")
     if applied:
         log.info("applied imaging source migrations: %s", ", ".join(applied))
-    source = ImagingSource(settings=settings, pool=pool, storage=FileStorage(settings.storage_dir))
+    storage = FileStorage(settings.storage_dir)
+    swept = await asyncio.to_thread(storage.sweep_incoming)
+    if swept:
+        log.warning("removed %d half-received instance files left by an earlier stop", swept)
+    source = ImagingSource(settings=settings, pool=pool, storage=storage)
     from imaging_source.access import open_policy
 
     open_policy(source)
@@ -108,20 +113,18 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     dicom_audit = DicomAudit(auditor, settings.ae_title, settings.dicom_host) if auditor is not None else None
     runner = web.AppRunner(build_app(source), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = tls.site(runner, settings.host, settings.port, tls.node(), reuse_port=True)
     await site.start()
     tracker = Tracker(source)
-    scp = start_storage_scp(source.storage, source.pool, asyncio.get_running_loop(), scp_config(settings),
-                            shared_port=settings.dicom_workers > 1,
-                            on_stored=dicom_audit.on_stored if dicom_audit is not None else None)
-    if dicom_audit is not None:
-        dicom_audit.bind(scp)  # C-STORE ingest: one audit record per association
+    # C-STORE ingest: one audit record per association
+    scp = await start_storage_scp(source.storage, source.pool, scp_config(settings), audit=dicom_audit,
+                                  shared_port=settings.dicom_workers > 1, node_tls=tls.node())
     workers = start_workers(settings, database_url) if settings.dicom_workers > 1 else []
     task = asyncio.create_task(tracker.run())
     print(f"imaging source: HTTP (RAD-69 {rad69.PATH}, WADO-URI {wado_uri.PATH}, WADO-RS {wado_rs.PREFIX}, /status) "
-          f"at http://{settings.host}:{settings.port}", flush=True)
-    print(f"imaging source: DICOM Storage SCP {settings.ae_title} at {settings.dicom_host}:{settings.dicom_port}",
-          flush=True)
+          f"at {tls.scheme()}://{settings.host}:{settings.port}", flush=True)
+    print(f"imaging source: DICOM Storage SCP {settings.ae_title} at {settings.dicom_host}:{settings.dicom_port}"
+          f"{' over mutual TLS' if tls.node() else ''}", flush=True)
     if ready is not None:
         ready.set()
     try:
@@ -129,7 +132,7 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     finally:
         task.cancel()
         await asyncio.to_thread(stop_workers, workers)
-        await asyncio.to_thread(scp.shutdown)
+        await scp.stop()
         await runner.cleanup()
         if tracker.client is not None:
             await tracker.client.close()

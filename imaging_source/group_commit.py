@@ -1,8 +1,8 @@
 """Group commit of received instances: many C-STOREs, few durable writes.
 
-Each C-STORE handler (in its association's thread) stages its file without fsync, hands it to the
-writer and waits for the answer. One flusher task on the service's event loop takes everything that
-is waiting, makes those files durable together (fsync in parallel, rename, one fsync per folder),
+Each C-STORE (a coroutine of the Storage SCP, or a thread calling ``submit``) stages its file without
+fsync, hands it to the writer and waits for the answer. One flusher task on the service's event loop
+takes everything that is waiting, makes those files durable together (fsync in parallel, rename, one fsync per folder),
 indexes them in one transaction (a savepoint per instance, so a refused instance fails alone) and
 only then answers each handler. The guarantee is the one of a single write — file and index row
 durable before the success status — but the fsyncs and the commit are shared by every instance that
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 class _Pending:
     stored: StoredInstance
     staged: StagedFile | None  # None: these bytes were already stored under the key
-    future: concurrent.futures.Future[bool]
+    # An asyncio future (a coroutine on the writer's loop waits) or a concurrent one (another thread waits);
+    # either may have been given up on (cancelled, timed out): it is answered only if still waited for.
+    future: asyncio.Future[bool] | concurrent.futures.Future[bool]
 
 
 class GroupCommitWriter:
@@ -73,6 +75,14 @@ class GroupCommitWriter:
         self.loop.call_soon_threadsafe(self._wakeup.set)
         return future
 
+    async def store(self, stored: StoredInstance, staged: StagedFile | None) -> bool:
+        """Keep one instance (from a coroutine on the writer's loop): whether it is new, or StorageError."""
+        future: asyncio.Future[bool] = self.loop.create_future()
+        with self._lock:
+            self._queue.append(_Pending(stored, staged, future))
+        self._wakeup.set()
+        return await future
+
     async def run(self) -> None:
         try:
             while True:
@@ -105,7 +115,7 @@ class GroupCommitWriter:
         items: list[StagedFile | str] = [p.staged if p.staged is not None else p.stored.key for p in batch]
         started = time.perf_counter()
         try:
-            errors = await asyncio.to_thread(self.storage.make_durable, items, self._executor)
+            errors = await self.storage.make_durable_async(items, self._executor)
         except BaseException:
             for p in batch:
                 if p.staged is not None:
@@ -145,9 +155,11 @@ class GroupCommitWriter:
         if superseded:
             await asyncio.to_thread(lambda: [self.storage.delete(k) for k in superseded])
         for p, exc in failed:
-            p.future.set_exception(exc)
+            if not p.future.done():
+                p.future.set_exception(exc)
         for p, is_new, _ in indexed:
-            p.future.set_result(is_new)
+            if not p.future.done():
+                p.future.set_result(is_new)
 
     async def _remove_failed(self, failed: list[tuple[_Pending, StorageError]], kept: set[str]) -> None:
         """Remove the files of refused instances, unless the same bytes are indexed (sent again meanwhile)."""
@@ -255,5 +267,6 @@ def _batch_arrays(batch: list[StoredInstance]) -> list[list]:
 
 def _fail_all(batch: list[_Pending], exc: StorageError) -> None:
     for p in batch:
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            p.future.set_exception(exc)
+        with contextlib.suppress(concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
+            if not p.future.done():
+                p.future.set_exception(exc)

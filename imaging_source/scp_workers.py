@@ -1,7 +1,7 @@
 """Extra Storage SCP processes sharing the DICOM port (``--dicom-workers``).
 
-pynetdicom decodes PDUs and runs each association in Python threads, so one process spends its
-GIL on a few associations at a time. Worker processes bind the same port with SO_REUSEPORT
+One Python process receives, hashes and stages on one core (the DICOM upper layer and the
+handler are CPU work in the event loop's thread). Worker processes bind the same port with SO_REUSEPORT
 (the kernel spreads new associations over them), each with its own database pool and group-commit
 writer; the main process keeps HTTP, the tracker and the migrations. A worker stops when the main
 process is gone, so a killed service never leaves a process holding its port.
@@ -16,7 +16,11 @@ import multiprocessing
 import os
 from multiprocessing.process import BaseProcess
 
+from ihe import tls
+from ihe.audit.auditor import open_auditor
+from ihe.audit.middleware import DicomAudit
 from ihe.database import create_pool
+from ihe.eventloop import run
 from imaging_source.settings import ImagingSourceSettings
 from imaging_source.storage import FileStorage
 
@@ -27,7 +31,8 @@ def scp_config(settings: ImagingSourceSettings):  # -> StorageSCPConfig (importe
     from imaging_source.storage_scp import StorageSCPConfig
 
     return StorageSCPConfig(settings.ae_title, settings.dicom_host, settings.dicom_port,
-                            settings.patient_id_issuer_oid, settings.patient_id_issuer_namespace)
+                            settings.patient_id_issuer_oid, settings.patient_id_issuer_namespace,
+                            max_associations=settings.dicom_max_associations)
 
 
 def start_workers(settings: ImagingSourceSettings, database_url: str) -> list[BaseProcess]:
@@ -49,21 +54,25 @@ def stop_workers(workers: list[BaseProcess]) -> None:
 
 def _worker(settings: ImagingSourceSettings, database_url: str, parent: int) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+    tls.configure(settings)  # checked by the main process already
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, database_url, parent))
+        run(_serve(settings, database_url, parent))
 
 
 async def _serve(settings: ImagingSourceSettings, database_url: str, parent: int) -> None:
     from imaging_source.storage_scp import start_storage_scp
 
     pool = await create_pool(database_url, min_size=1, max_size=max(2, settings.pool_size // 2))
-    scp = start_storage_scp(FileStorage(settings.storage_dir), pool, asyncio.get_running_loop(),
-                            scp_config(settings), shared_port=True)
+    auditor = open_auditor(settings, "xds-imaging-source")  # a spool folder of its own (Spool.open_slot)
+    audit = DicomAudit(auditor, settings.ae_title, settings.dicom_host) if auditor is not None else None
+    scp = await start_storage_scp(FileStorage(settings.storage_dir), pool, scp_config(settings), audit=audit,
+                                  shared_port=True, node_tls=tls.node())
     try:
         while os.getppid() == parent:
             await asyncio.sleep(1)
         log.warning("the imaging source's main process is gone: DICOM worker %d stops", os.getpid())
     finally:
-        await asyncio.to_thread(scp.shutdown)
+        await scp.stop()
         await pool.close()
+        if auditor is not None:
+            auditor.close()

@@ -8,18 +8,21 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
 OPTIONS: list[Option] = [
     Option("host", "address to listen on for HTTP (RAD-69, WADO-URI, WADO-RS, status page)", "127.0.0.1"),
     Option("port", "HTTP port (RAD-69 at /rad69, WADO-URI at /wado, WADO-RS under /dicomweb)", 8040, int),
     Option("public-url", "base URL other hospitals reach this source by (e.g. https://pacs.example.org); "
-           "default http://HOST:PORT. The WADO-RS Retrieve URL in manifests is PUBLIC-URL/dicomweb"),
+           "default http(s)://HOST:PORT. The WADO-RS Retrieve URL in manifests is PUBLIC-URL/dicomweb"),
     Option("ae-title", "DICOM AE title of the Storage SCP (also the Retrieve AE Title in manifests)", "XDSI_SOURCE"),
     Option("dicom-host", "address the DICOM Storage SCP listens on", "127.0.0.1"),
     Option("dicom-port", "DICOM port of the Storage SCP (C-ECHO, C-STORE)", 11112, int),
     Option("dicom-workers", "processes sharing the DICOM port (associations are spread over them; the DICOM "
            "stack is CPU-bound in one Python process, so about one per core)", 1, int),
+    Option("dicom-max-associations", "DICOM associations served at once per process; more are refused "
+           "(transient, local limit exceeded)", 10, int),
     Option("storage-dir", "folder where received DICOM instances are kept", "data/imaging_source/instances", Path),
     Option("database-url", "PostgreSQL URL; when absent an embedded PostgreSQL is started in --data-dir"),
     Option("data-dir", "folder for the embedded PostgreSQL's data", "data/imaging_source", Path),
@@ -69,6 +72,7 @@ OPTIONS: list[Option] = [
     Option("access-policy-cache", "seconds a permit of the access policy is reused for the same requester and "
            "document or study (a viewer asks for every frame); denials are never reused", 10.0, float),
     *AUDIT_OPTIONS,
+    *TLS_OPTIONS,
 ]
 
 
@@ -81,6 +85,7 @@ class ImagingSourceSettings:
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     dicom_workers: int = 1
+    dicom_max_associations: int = 10
     storage_dir: Path = Path("data/imaging_source/instances")
     database_url: str | None = None
     data_dir: Path = Path("data/imaging_source")
@@ -120,13 +125,18 @@ class ImagingSourceSettings:
     audit_source_id: str | None = None
     audit_ack: str = "repository"
 
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ImagingSourceSettings:
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return (self.public_url or f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def wado_rs_url(self) -> str:

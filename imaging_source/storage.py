@@ -8,10 +8,13 @@ success status sent after it never refers to bytes that a crash could lose. ``st
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +61,7 @@ class Storage(Protocol):
     def read(self, key: str) -> bytes: ...
     def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
+    def holds(self, key: str, sha256_hex: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def path(self, key: str) -> Path | None: ...
 
@@ -133,55 +137,94 @@ class FileStorage:
             raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
         return StagedFile(key, target, Path(tmp), fd, created_dirs)
 
+    def incoming(self) -> tuple[int, Path]:
+        """A new temporary file (fd, path) for bytes whose key is not known yet (an instance still arriving):
+        hidden in the root folder until :meth:`adopt` gives it its key."""
+        try:
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
+            except FileNotFoundError:  # the folder was removed under us (emptied by hand): as put() would
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
+        except OSError as exc:
+            raise StorageError(f"could not receive: {exc.strerror or exc}") from exc
+        return fd, Path(tmp)
+
+    def sweep_incoming(self, older_than: float = 3600.0) -> int:
+        """Remove instances a crash left half-received in the root folder (never acknowledged, so never
+        promised to anyone); only those older than ``older_than`` seconds, so that another process sharing
+        the folder and receiving right now keeps its files. Returns how many were removed."""
+        removed = 0
+        limit = time.time() - older_than
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if entry.name.startswith(".incoming-") and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat(follow_symlinks=False).st_mtime < limit:
+                            os.unlink(entry.path)
+                            removed += 1
+        return removed
+
+    def adopt(self, key: str, tmp: Path, fd: int) -> StagedFile:
+        """Stage a file written through :meth:`incoming` for ``key``. It stays under its temporary name; the
+        link under its key happens in :meth:`make_durable`, which fsyncs the file and the key's folder then
+        (a link from one folder to another is durable once its target folder is: Maildir's pattern)."""
+        target = self._path(key)
+        created_dirs = _missing_parents(target.parent, self.root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not store {key}: {exc.strerror or exc}") from exc
+        return StagedFile(key, target, tmp, fd, created_dirs)
+
     def make_durable(self, staged: Sequence[StagedFile | str],
                      executor: ThreadPoolExecutor | None = None) -> list[StorageError | None]:
-        """Make staged files (and keys already stored) durable together: each file fsync'd (in parallel on
-        ``executor``, so the file system can merge them into few journal commits), renamed to its key, then
-        each folder fsync'd once. The result says per item None (durable under its key) or why not; a staged
-        file that failed is not left under its temporary name (whether to remove its key is the caller's call:
-        another writer may have stored the same bytes)."""
-        errors: list[StorageError | None] = [None] * len(staged)
+        """Make staged files (and keys already stored) durable together; the result says per item None
+        (durable under its key) or why not.
 
-        def sync_one(i: int) -> None:
-            item = staged[i]
-            try:
-                if isinstance(item, StagedFile):
-                    os.fsync(item.fd)
-                    os.replace(item.tmp, item.target)
-                else:  # stored before, maybe by a writer whose folder fsync has not happened yet
-                    fd = os.open(self._path(item), os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-            except OSError as exc:
-                key = item.key if isinstance(item, StagedFile) else item
-                errors[i] = StorageError(f"could not store {key}: {exc.strerror or exc}")
-
-        if executor is not None and len(staged) > 1:
-            list(executor.map(sync_one, range(len(staged))))
+        Each staged file is first linked under its key, then every file and every folder concerned is
+        fsync'd at once (in parallel on ``executor``): the file system merges them into one or two journal
+        commits, where fsync-rename-fsync in turn costs three in a row. Linking before the data is durable is
+        safe because keys name their content: a file is never put over another (``link`` refuses; the one
+        there holds the same bytes and is fsync'd instead), and a key left holding incomplete bytes by a
+        crash is recognised by its digest and replaced (:meth:`holds`). Nothing reports durable before both
+        its data and its folder entry are. A staged file that failed is not left under its temporary name
+        (whether to remove its key is the caller's call: another writer may have stored the same bytes).
+        """
+        batch = _DurableBatch(self, staged)
+        targets = batch.targets()
+        if executor is not None and len(targets) > 1:
+            outcomes = list(executor.map(_sync, targets))
         else:
-            for i in range(len(staged)):
-                sync_one(i)
-        folders: dict[Path, list[int]] = {}
-        for i, item in enumerate(staged):
-            if isinstance(item, StagedFile):
-                os.close(item.fd)
-                for d in [item.target.parent, *item.created_dirs]:
-                    folders.setdefault(d, []).append(i)
-            else:
-                folders.setdefault(self._path(item).parent, []).append(i)
-        for folder, users in folders.items():
-            try:
-                fsync_dir(folder)
-            except OSError as exc:
-                for i in users:
-                    errors[i] = errors[i] or StorageError(f"could not store in {folder}: {exc.strerror or exc}")
-        for i, item in enumerate(staged):
-            if errors[i] is not None and isinstance(item, StagedFile):
-                with contextlib.suppress(OSError):
-                    os.unlink(item.tmp)  # when the rename did not happen; the caller decides about the key
-        return errors
+            outcomes = [_sync(t) for t in targets]
+        return batch.finish(outcomes)
+
+    async def make_durable_async(self, staged: Sequence[StagedFile | str],
+                                 executor: ThreadPoolExecutor) -> list[StorageError | None]:
+        """:meth:`make_durable` from the event loop: the links here (a few quick system calls), each fsync
+        straight on ``executor``, with no thread in between to hand them out."""
+        batch = _DurableBatch(self, staged)
+        loop = asyncio.get_running_loop()
+        outcomes = await asyncio.gather(*(loop.run_in_executor(executor, _sync, t) for t in batch.targets()))
+        return batch.finish(list(outcomes))
+
+    def holds(self, key: str, sha256_hex: str) -> bool:
+        """Whether ``key`` already holds the bytes of this SHA-256 (hex) digest. A file there with other bytes
+        (a crash between :meth:`make_durable`'s link and its fsync) was never indexed: it is removed, so that
+        the key can be stored again."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"could not read {key}: {exc.strerror or exc}") from exc
+        if digest == sha256_hex:
+            return True
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return False
 
     def discard(self, staged: StagedFile) -> None:
         """Drop a staged file that will not be made durable."""
@@ -214,6 +257,76 @@ class FileStorage:
         with self.open(key) as fh:
             while chunk := fh.read(chunk_size):
                 yield chunk
+
+
+class _DurableBatch:
+    """The steps of FileStorage.make_durable around its fsyncs: links first, errors and clean-up after."""
+
+    def __init__(self, storage: FileStorage, staged: Sequence[StagedFile | str]) -> None:
+        self.staged = staged
+        self.errors: list[StorageError | None] = [None] * len(staged)
+        self.to_sync: list[tuple[int | Path, list[int]]] = []  # (fd or folder, the items that need it)
+        self.opened: list[int] = []
+        folders: dict[Path, list[int]] = {}
+        for i, item in enumerate(staged):
+            try:
+                if isinstance(item, StagedFile):
+                    try:
+                        os.link(item.tmp, item.target)
+                        fd = item.fd
+                    except FileExistsError:  # the same bytes, stored by another writer meanwhile
+                        fd = os.open(item.target, os.O_RDONLY)
+                        self.opened.append(fd)
+                    os.unlink(item.tmp)
+                    parents = [item.target.parent, *item.created_dirs]
+                else:  # stored before, maybe by a writer whose fsyncs have not happened yet
+                    path = storage.path(item)
+                    fd = os.open(path, os.O_RDONLY)
+                    self.opened.append(fd)
+                    parents = [path.parent]
+            except (OSError, StorageError) as exc:
+                self.errors[i] = StorageError(f"could not store {self.key(i)}: {getattr(exc, 'strerror', None) or exc}")
+                continue
+            self.to_sync.append((fd, [i]))
+            for d in parents:
+                folders.setdefault(d, []).append(i)
+        self.to_sync.extend(folders.items())
+
+    def key(self, i: int) -> str:
+        item = self.staged[i]
+        return item.key if isinstance(item, StagedFile) else item
+
+    def targets(self) -> list[int | Path]:
+        return [t for t, _ in self.to_sync]
+
+    def finish(self, outcomes: list[OSError | None]) -> list[StorageError | None]:
+        for (target, users), exc in zip(self.to_sync, outcomes, strict=True):
+            if exc is not None:
+                where = f" in {target}" if isinstance(target, Path) else ""
+                for i in users:
+                    self.errors[i] = self.errors[i] or StorageError(
+                        f"could not store {self.key(i)}{where}: {exc.strerror or exc}")
+        for fd in self.opened:
+            os.close(fd)
+        for item in self.staged:
+            if isinstance(item, StagedFile):
+                with contextlib.suppress(OSError):
+                    os.close(item.fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(item.tmp)  # when the link did not happen; the caller decides about the key
+        return self.errors
+
+
+def _sync(target: int | Path) -> OSError | None:
+    """fsync a file (by descriptor) or a folder; the error, if any."""
+    try:
+        if isinstance(target, int):
+            os.fsync(target)
+        else:
+            fsync_dir(target)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _missing_parents(folder: Path, root: Path) -> list[Path]:

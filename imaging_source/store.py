@@ -44,7 +44,10 @@ async def record_instance(conn: asyncpg.Connection, info: InstanceInfo, key: str
             " study_uid = EXCLUDED.study_uid, sop_class_uid = EXCLUDED.sop_class_uid,"
             " transfer_syntax_uid = EXCLUDED.transfer_syntax_uid, storage_key = EXCLUDED.storage_key,"
             " size = EXCLUDED.size, instance_number = EXCLUDED.instance_number,"
-            " number_of_frames = EXCLUDED.number_of_frames, received_at = now()"
+            " number_of_frames = EXCLUDED.number_of_frames, received_at = now(),"
+            # the kept WADO-RS metadata is of the old file when the bytes changed (metadata_cache)
+            " metadata_json = CASE WHEN imaging_instance.storage_key = EXCLUDED.storage_key"
+            " THEN imaging_instance.metadata_json END"
             " RETURNING (xmax = 0)",
             info.sop_instance_uid, info.series_uid, info.study_uid, info.sop_class_uid, info.transfer_syntax_uid,
             key, size, info.instance_number, info.number_of_frames,

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from ihe.hl7 import PixQueryError, pix_query
 from ihe.metadata.model import Identifiable
-from imaging_source import rejection, store
+from imaging_source import metadata_cache, rejection, store
 from imaging_source.context import ImagingSource
 from imaging_source.corrections import Corrections
 from imaging_source.manifest import ReferencedInstance, RetrieveInfo, build_manifest, header_from_json
@@ -202,6 +202,7 @@ class Tracker:
             self.source.storage.delete(key)
             return False
         log.info("study %s: manifest %s over %d instances queued", study_uid, manifest.sop_instance_uid, len(refs))
+        metadata_cache.warm_soon(self.source, study_uid)  # so that the first viewer finds it ready
         return True
 
     async def publish(self, manifest) -> bool:

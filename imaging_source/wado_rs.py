@@ -9,17 +9,15 @@ file read ahead of the one being written, so memory stays at two instances whate
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pydicom
 from aiohttp import web
 
-from imaging_source import store
+from imaging_source import metadata_cache, store
 from imaging_source.context import ImagingSource
 from imaging_source.pixels import (
     EXPLICIT_LE,
@@ -37,7 +35,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/dicomweb"
 DICOM_JSON = "application/dicom+json"
-BULK_THRESHOLD = 1 << 30
 
 
 # --- Accept header ------------------------------------------------------------------------------
@@ -191,30 +188,6 @@ async def _rows(source: ImagingSource, study: str, series: str | None = None, in
     return rows
 
 
-def _instance_url(base: str, row) -> str:
-    return f"{base}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{row['sop_instance_uid']}"
-
-
-def instance_metadata(storage: Storage, rows: Sequence, base: str) -> list[dict]:
-    """DICOM JSON of each instance; pixel data as a BulkDataURI naming its frames resource."""
-    out = []
-    for row in rows:
-        with storage.open(row["storage_key"]) as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        url = _instance_url(base, row)
-        # Everything but the pixel data travels inline (InlineBinary): there is no separate bulk data resource.
-        item = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD)
-        item["00020010"] = {"vr": "UI", "Value": [row["transfer_syntax_uid"]]}
-        frames = ",".join(str(n) for n in range(1, (row["number_of_frames"] or 1) + 1))
-        if row["modality"] != "SR" and row["sop_class_uid"] not in _NON_IMAGE_CLASSES:
-            item["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{url}/frames/{frames}"}
-        out.append(item)
-    return out
-
-
-_NON_IMAGE_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.5.1.4.1.1.104.1"})
-
-
 def _render_options(request: web.Request, media: str) -> RenderOptions:
     q = request.query
     try:
@@ -252,11 +225,11 @@ def build_routes(source: ImagingSource) -> web.RouteTableDef:
             raise web.HTTPNotAcceptable(text=f"metadata is available as {DICOM_JSON}")
         rows = await _rows(source, study, series, instance)
         try:
-            items = await asyncio.to_thread(instance_metadata, source.storage, rows, base_of())
+            body = await metadata_cache.metadata_body(source, rows, base_of())
         except (StorageError, OSError) as exc:
             log.error("metadata of %s: %s", request.path, exc)
             raise web.HTTPInternalServerError(text="a stored instance could not be read") from None
-        return web.Response(body=json.dumps(items).encode(), content_type=DICOM_JSON)
+        return web.Response(body=body, content_type=DICOM_JSON)
 
     @routes.get(PREFIX + "/studies/{study}")
     async def study(request: web.Request) -> web.StreamResponse:

@@ -23,12 +23,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 from hl7.mllp import open_hl7_connection
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from ihe import tls
 from ihe.hl7 import decode, encode, new_control_id
 from ihe.nhs import NHS_NUMBER_OID, nhs_check_digit
 
@@ -216,7 +218,7 @@ def write_json_atomically(path: Path, value: object) -> None:
 
 
 async def feed_patient(host: str, port: int, message: str) -> None:
-    reader, writer = await open_hl7_connection(host, port)
+    reader, writer = await open_hl7_connection(host, port, **tls.connect_kwargs(host))
     try:
         writer.writeblock(message.encode("utf-8"))
         await writer.drain()
@@ -236,7 +238,8 @@ def c_store(files: list[Path], hospital: DemoHospital) -> None:
     ae = AE(ae_title="DEMO_LOADER")
     for pair in {(str(h.SOPClassUID), str(h.file_meta.TransferSyntaxUID)) for h in headers}:
         ae.add_requested_context(pair[0], [pair[1]])
-    assoc = ae.associate(hospital.dicom_host, hospital.dicom_port, ae_title=hospital.ae_title)
+    assoc = ae.associate(hospital.dicom_host, hospital.dicom_port, ae_title=hospital.ae_title,
+                         tls_args=tls.dicom_tls_args(hospital.dicom_host))
     if not assoc.is_established:
         raise RuntimeError(f"{hospital.ae_title} refused the association for the demo images")
     try:
@@ -363,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(parser.parse_args(argv).spec)
     hospitals = [DemoHospital(**h) for h in spec["hospitals"]]
     try:
+        tls.configure(SimpleNamespace(**spec.get("tls", {})))  # xds-local's own certificate (None: plain)
         asyncio.run(load(Path(spec["data_dir"]), hospitals, spec["registry_url"], tuple(spec["mllp"])))
-    except (OSError, RuntimeError, TimeoutError) as exc:
+    except (OSError, RuntimeError, TimeoutError, tls.TlsSetupError) as exc:
         print(f"xds-local: demo data not loaded ({exc}); the next start resumes where this one stopped",
               file=sys.stderr, flush=True)
         return 1

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import install_xua_alerts
 from ihe.audit.middleware import audit_middlewares
@@ -122,15 +123,16 @@ async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: boo
     remove_alerts = install_xua_alerts(registry.auditor, f"http://{settings.host}:{settings.port}{REGISTRY_PATH}")
     runner = web.AppRunner(build_app(registry), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = tls.site(runner, settings.host, settings.port, tls.node(), reuse_port=True)
     await site.start()
     mllp = None
     if with_mllp:
         from registry.patient_feed import start_patient_feed
 
         mllp = await start_patient_feed(registry)
-        print(f"registry: ITI-42/ITI-18 at http://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
-        print(f"registry: ITI-8/ITI-9/ITI-21 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}", flush=True)
+        print(f"registry: ITI-42/ITI-18 at {tls.scheme()}://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
+        print(f"registry: ITI-8/ITI-9/ITI-21 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}"
+              f"{' over mutual TLS' if tls.node() else ''}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -238,4 +238,6 @@ async def start_patient_feed(registry: Registry) -> asyncio.Server:
         return await handle_feed(registry, message)
 
     route = audited_hl7(route, registry.auditor, receiver="xds-registry", server_nap=registry.settings.mllp_host)
-    return await start_mllp_server(registry.settings.mllp_host, registry.settings.mllp_port, route)
+    from ihe import tls
+
+    return await start_mllp_server(registry.settings.mllp_host, registry.settings.mllp_port, route, tls.node())

@@ -8,6 +8,7 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
 OPTIONS: list[Option] = [
@@ -39,6 +40,7 @@ OPTIONS: list[Option] = [
     Option("policy-decision-clients", "networks (CIDR, comma-separated) allowed to ask POST /policy/decisions "
            "(the region's repositories and imaging sources)", "127.0.0.0/8,::1/128"),
     *AUDIT_OPTIONS,
+    *TLS_OPTIONS,
 ]
 
 
@@ -69,6 +71,11 @@ class RegistrySettings:
     audit_ca_file: str | None = None
     audit_source_id: str | None = None
     audit_ack: str = "repository"
+
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RegistrySettings:

@@ -19,6 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from consumer.client.soap import SoapClient
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import ClientAudit, install_xua_alerts
 from ihe.audit.middleware import audit_middlewares
@@ -262,12 +263,13 @@ async def serve(settings: RepositorySettings, database_url: str, ready: asyncio.
         repo.soap_client.on_exchange = ClientAudit(repo.auditor, endpoint)
     runner = web.AppRunner(build_app(repo), access_log=None, read_bufsize=READ_BUFSIZE)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = tls.site(runner, settings.host, settings.port, tls.node())
     recovery = asyncio.create_task(recovery_loop(repo, settings.recovery_interval))
     try:
         await site.start()
         print(f"repository {settings.repository_unique_id}: ITI-41/ITI-43 at "
-              f"http://{settings.host}:{settings.port}{REPOSITORY_PATH}; documents in {repo.store.root}", flush=True)
+              f"{tls.scheme()}://{settings.host}:{settings.port}{REPOSITORY_PATH}; documents in {repo.store.root}",
+              flush=True)
         if ready is not None:
             ready.set()
         await asyncio.Event().wait()

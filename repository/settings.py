@@ -12,6 +12,7 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
 GIB = 1024 * 1024 * 1024
@@ -46,6 +47,7 @@ OPTIONS: list[Option] = [
     Option("access-policy-cache", "seconds a permit of the access policy is reused for the same requester and "
            "document or study (a viewer asks for every frame); denials are never reused", 10.0, float),
     *AUDIT_OPTIONS,
+    *TLS_OPTIONS,
 ]
 
 
@@ -77,6 +79,11 @@ class RepositorySettings:
     audit_ca_file: str | None = None
     audit_source_id: str | None = None
     audit_ack: str = "repository"
+
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RepositorySettings:

@@ -6,8 +6,9 @@ Measures, with real processes on loopback:
 - C-STORE ingest (dcmtk storescu, one association, then four in parallel) into ``xds-imaging-source``
   and into Orthanc (Debian's package, its default durable settings, a fresh one per measurement on a
   temporary folder), interleaved, ``--rounds`` times: instances/s, and the load average meanwhile;
-- the same sends to a pynetdicom Storage SCP that keeps nothing (bench/imaging/null_scp.py): what the
-  DICOM stack alone allows in one Python process on this machine;
+- the same sends to Storage SCPs that keep nothing (bench/imaging/null_scp.py): pynetdicom's threaded
+  acceptor, and our asyncio upper layer (ihe.dicom_ul): what each DICOM stack alone allows in one Python
+  process on this machine;
 - time from the last instance's C-STORE response to the manifest registered (RAD-68 through a
   real repository and registry), with the quiet period shown separately, after each of our ingests;
 - WADO-RS whole-study retrieve (``transfer-syntax=*``, curl reading the stream) MB/s, side by side
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -76,8 +78,9 @@ def need(tool: str, package: str) -> str:
     return path
 
 
-def make_study(folder: Path, count: int) -> tuple[str, int]:
-    """``count`` CT instances of 512x512 16-bit pixels (a synthetic phantom with noise) in one series."""
+def make_study(folder: Path, count: int, edit: Callable[[pydicom.Dataset, int], None] | None = None) -> tuple[str, int]:
+    """``count`` CT instances of 512x512 16-bit pixels (a synthetic phantom with noise) in one series;
+    ``edit(dataset, n)`` may change each one (another patient, positions) before it is written."""
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     study_uid, series_uid = generate_uid(), generate_uid()
     rng = np.random.default_rng(7)
@@ -96,6 +99,8 @@ def make_study(folder: Path, count: int) -> tuple[str, int]:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         pixels = (body + rng.integers(0, 200, (512, 512)) + n).astype(np.uint16)
         ds.PixelData = pixels.tobytes()
+        if edit is not None:
+            edit(ds, n)
         path = folder / f"{n:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
@@ -223,9 +228,11 @@ def main() -> int:
                            work / "imaging_source.log", http_port, dicom_port))
         files = sorted((work / "study").glob("*.dcm"))
 
-        null_port = free_port()
+        null_port, ul_port = free_port(), free_port()
         procs.append(start([sys.executable, "-m", "bench.imaging.null_scp", str(null_port)], work / "null_scp.log",
                            null_port))
+        procs.append(start([sys.executable, "-m", "bench.imaging.null_scp", str(ul_port), "--stack", "ul"],
+                           work / "null_ul.log", ul_port))
         ingest: dict[str, list[dict]] = {}
         to_manifest: list[float] = []
         orthanc_proc: subprocess.Popen | None = None
@@ -249,6 +256,10 @@ def main() -> int:
                 ingest.setdefault(f"pynetdicom SCP keeping nothing, {associations} association(s)", []).append(run)
                 print(f"round {round_ + 1}: pynetdicom SCP keeping nothing, {associations} association(s): "
                       f"{run['rate']:.0f}/s (load {run['load']})", flush=True)
+                run = send(storescu, "NULL_SCP", ul_port, files, associations)
+                ingest.setdefault(f"our upper layer keeping nothing, {associations} association(s)", []).append(run)
+                print(f"round {round_ + 1}: our upper layer (ihe.dicom_ul) keeping nothing, {associations} "
+                      f"association(s): {run['rate']:.0f}/s (load {run['load']})", flush=True)
 
         ours_url = f"http://127.0.0.1:{http_port}/dicomweb/studies/{study_uid}"
         orthanc_url = f"http://127.0.0.1:{o_http}/dicom-web/studies/{study_uid}"
@@ -257,6 +268,11 @@ def main() -> int:
             results["xds-imaging-source"].append(curl_retrieve(ours_url))
             results["Orthanc"].append(curl_retrieve(orthanc_url))
         rates = {name: [b / s / 1e6 for b, s in runs] for name, runs in results.items()}
+    except BaseException:
+        for log in sorted(work.glob("*.log")):  # the folder goes: say what the services said
+            print(f"--- last lines of {log.name}:", *log.read_text(errors="replace").splitlines()[-15:],
+                  sep="\n", file=sys.stderr)
+        raise
     finally:
         for p in procs:
             p.terminate()

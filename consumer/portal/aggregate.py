@@ -1,7 +1,8 @@
 """The one list of a patient's documents across the region.
 
 Every configured registry is asked (ITI-18 FindDocuments) at once; then every repository holding
-rows is checked and the imaging rows' manifests are read (ITI-43, cached). Each source has
+rows is checked and the imaging rows' manifests are read (ITI-43, several per request, kept in the
+portal's database so each is read once). Each source has
 ``query_deadline`` seconds: a registry that fails or is late is listed as such, and the rows of a
 repository that fails or is late are marked "source unreachable"; the page is always answered.
 Last, each imaging source named by the manifests is asked (QIDO-RS, one search by UID list) whether
@@ -32,7 +33,8 @@ ACCESSION_TYPE = "urn:ihe:iti:xds:2013:accession"
 AVAILABLE = "available"
 UNREACHABLE = "source unreachable"
 IMAGES_GONE = "images unavailable"
-MANIFEST_CONCURRENCY = 8
+MANIFEST_CONCURRENCY = 4  # ITI-43 requests at once to one repository
+MANIFEST_BATCH = 20  # manifests per ITI-43 request (a KOS of 500 images is about 60 kB)
 UIDS_PER_SEARCH = 40  # UIDs per QIDO-RS search: keeps the request line well under servers' 8 KiB limits
 
 
@@ -245,30 +247,40 @@ async def _visit_repository(portal: Portal, repository_unique_id: str, rows: lis
         for row in rows:
             row.status, row.status_reason = UNREACHABLE, reason
         return SourceState(name, "repository", False, reason)
+    imaging = [r for r in rows if r.kind == "imaging"]
+    missing = [r.document_unique_id for r in imaging if (r.repository_unique_id, r.document_unique_id) not in cache]
     semaphore = asyncio.Semaphore(MANIFEST_CONCURRENCY)
+    read: dict[str, manifests.ManifestInfo | manifests.ManifestError] = {}
     for row in rows:  # what is already known of a study stays shown even when its source is down now
         known = cache.get((row.repository_unique_id, row.document_unique_id))
         if known is not None:
             apply_manifest(row, known)
 
-    async def manifest(row: Row) -> None:
-        key = (row.repository_unique_id, row.document_unique_id)
-        info = cache.get(key)
-        if info is None:
-            async with semaphore:
-                try:
-                    info = await manifests.fetch(portal.soap, hospital.repository_url, *key)
-                except manifests.ManifestError as exc:
-                    row.status_reason = str(exc)
-                    return
+    async def fetch(batch: list[str]) -> None:
+        async with semaphore:
+            read.update(await manifests.fetch_many(portal.soap, hospital.repository_url, repository_unique_id,
+                                                   batch))
+
+    async def manifests_read() -> None:
+        """The manifests not cached yet, MANIFEST_BATCH per ITI-43, kept; then every imaging row filled in."""
+        await asyncio.gather(*(fetch(missing[i:i + MANIFEST_BATCH]) for i in range(0, len(missing), MANIFEST_BATCH)))
+        good = {uid: info for uid, info in read.items() if isinstance(info, manifests.ManifestInfo)}
+        if good:
             async with portal.pool.acquire() as conn:
-                await manifests.store(conn, *key, info)
-        apply_manifest(row, info)
+                await manifests.store_many(conn, repository_unique_id, good)
+        for row in imaging:
+            info = read.get(row.document_unique_id)
+            if isinstance(info, manifests.ManifestInfo):
+                apply_manifest(row, info)
+            elif info is not None:
+                row.status_reason = str(info)
 
     try:
         async with asyncio.timeout(portal.settings.query_deadline):
-            await _reachable(portal, hospital.repository_url)
-            await asyncio.gather(*(manifest(r) for r in rows if r.kind == "imaging"))
+            if missing:  # the ITI-43 answers show the repository is up
+                await manifests_read()
+            else:
+                await _reachable(portal, hospital.repository_url)
     except Exception as exc:
         reason = (f"no answer within {portal.settings.query_deadline:g} s" if isinstance(exc, TimeoutError)
                   else f"{type(exc).__name__}: {exc}"[:300])

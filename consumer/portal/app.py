@@ -46,6 +46,7 @@ from consumer.portal.sessions import (
 )
 from consumer.portal.settings import PortalSettings
 from consumer.portal.xua import PortalXua, caller_middleware, caller_objects, caller_user, for_patient
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import ClientAudit
 from ihe.audit.events import user_authentication_event
@@ -441,7 +442,8 @@ async def open_portal(settings: PortalSettings, database_url: str) -> Portal:
         applied = await migrate(conn, "portal")
     if applied:
         log.info("applied portal migrations: %s", ", ".join(applied))
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300))
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+                                 connector=tls.connector())
     signer = PortalXua.from_settings(settings)
     auditor = open_auditor(settings, "xds-portal")
     # Every ITI-18 / ITI-43 / RAD-69 carries the current user's assertion, and is audited as its requester.
@@ -469,7 +471,7 @@ async def serve(settings: PortalSettings, database_url: str, ready: asyncio.Even
     portal = await open_portal(settings, database_url)
     runner = web.AppRunner(build_app(portal), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = tls.site(runner, settings.host, settings.port, tls.node(), reuse_port=True)
     await site.start()
     portal.extras["purge"] = asyncio.create_task(_purge_sessions(portal))
     print(f"portal: {settings.base_url}/ (sign-in via {settings.oidc_issuer or 'no identity provider'}; "

@@ -90,19 +90,51 @@ async def store(conn: asyncpg.Connection, repository_unique_id: str, document_un
         info.retrieve_url, info.retrieve_location_uid, info.retrieve_ae_title)
 
 
+async def store_many(conn: asyncpg.Connection, repository_unique_id: str, found: dict[str, ManifestInfo]) -> None:
+    """:func:`store` of several manifests of one repository (document uniqueId -> info), pipelined."""
+    if found:
+        await conn.executemany(
+            "INSERT INTO portal_manifest (repository_unique_id, document_unique_id, study_uid, series_count, "
+            "image_count, retrieve_url, retrieve_location_uid, retrieve_ae_title) VALUES ($1, $2, $3, $4, $5, $6, "
+            "$7, $8) ON CONFLICT (repository_unique_id, document_unique_id) DO NOTHING",
+            [(repository_unique_id, uid, i.study_uid, i.series_count, i.image_count, i.retrieve_url,
+              i.retrieve_location_uid, i.retrieve_ae_title) for uid, i in found.items()])
+
+
+async def fetch_many(client: SoapClient, repository_url: str, repository_unique_id: str,
+                     document_unique_ids: list[str]) -> dict[str, ManifestInfo | ManifestError]:
+    """ITI-43 of several manifests of one repository in one request (one round trip for a patient's
+    studies there, not one per row), each read; a manifest missing from the answer or unreadable gets
+    its ManifestError, the others are kept."""
+    try:
+        result = await retrieve_document_set(client, repository_url, [
+            DocumentRequest(repository_unique_id, uid) for uid in document_unique_ids])
+    except SoapFaultError as exc:  # an answer, so the repository is up; these manifests are not to be had
+        refused = ManifestError(f"the repository refused to return the manifest: {exc}")
+        return dict.fromkeys(document_unique_ids, refused)
+    documents = {d.document_unique_id: d for d in result.documents}
+    found: dict[str, ManifestInfo | ManifestError] = {}
+    for uid in document_unique_ids:
+        doc = documents.get(uid)
+        if doc is None or doc.data is None:
+            reason = "; ".join(f"{e.code}: {e.context}" for e in result.errors
+                               if e.location in (None, "", uid) or uid in (e.context or "")) or result.status
+            found[uid] = ManifestError(f"the repository did not return the manifest ({reason})")
+            continue
+        try:
+            found[uid] = read_manifest(doc.data)
+        except ManifestError as exc:
+            found[uid] = exc
+    return found
+
+
 async def fetch(client: SoapClient, repository_url: str, repository_unique_id: str,
                 document_unique_id: str) -> ManifestInfo:
-    """ITI-43 the manifest and read it."""
-    try:
-        result = await retrieve_document_set(client, repository_url,
-                                             [DocumentRequest(repository_unique_id, document_unique_id)])
-    except SoapFaultError as exc:  # an answer, so the repository is up; this manifest is not to be had
-        raise ManifestError(f"the repository refused to return the manifest: {exc}") from None
-    doc = next((d for d in result.documents if d.document_unique_id == document_unique_id), None)
-    if doc is None or doc.data is None:
-        reason = "; ".join(f"{e.code}: {e.context}" for e in result.errors) or result.status
-        raise ManifestError(f"the repository did not return the manifest ({reason})")
-    return read_manifest(doc.data)
+    """ITI-43 one manifest and read it (ManifestError when it cannot be had)."""
+    info = (await fetch_many(client, repository_url, repository_unique_id, [document_unique_id]))[document_unique_id]
+    if isinstance(info, ManifestError):
+        raise info
+    return info
 
 
 async def locate(pool: asyncpg.Pool, study_uid: str) -> str | None:

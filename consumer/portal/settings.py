@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 
 OPTIONS: list[Option] = [
     Option("host", "address to listen on", "127.0.0.1"),
     Option("port", "HTTP port of the portal", 8090, int),
     Option("public-url", "base URL users reach the portal by (e.g. https://portal.example.org); default "
-           "http://HOST:PORT. Cookies are marked Secure when it is https"),
+           "http(s)://HOST:PORT. Cookies are marked Secure when it is https"),
     Option("database-url", "PostgreSQL URL (sessions, manifest cache); when absent an embedded PostgreSQL is "
            "started in --data-dir"),
     Option("data-dir", "folder for the embedded PostgreSQL's data", "data/portal", Path),
@@ -52,6 +53,7 @@ OPTIONS: list[Option] = [
     Option("log-level", "logging level", "INFO"),
     Option("audit-database-url", "PostgreSQL URL of the ATNA audit record repository's database (xds-audit), read "
            "by the admin page's audit search (/admin/audit); when absent that page says it is not configured"),
+    *TLS_OPTIONS,
 ]
 
 
@@ -177,6 +179,11 @@ class PortalSettings:
     audit_source_id: str | None = None
     audit_ack: str = "repository"
 
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PortalSettings:
         values = {k: v for k, v in values.items() if v is not None}
@@ -199,7 +206,7 @@ class PortalSettings:
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return (self.public_url or f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def secure_cookies(self) -> bool:

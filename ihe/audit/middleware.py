@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -172,65 +171,36 @@ def audited_hl7(handler, auditor: Auditor | None, *, receiver: str, server_nap: 
 class DicomAudit:
     """C-STORE ingest: one audit record per association, naming each study and patient received.
 
-    pynetdicom runs each association in its own thread, so instances stored are collected per
-    thread and recorded when the association is released or aborted.
+    The Storage SCP keeps a ``received`` dict per association, fills it with :meth:`received` for each
+    instance stored, and calls :meth:`ended` when the association is released or aborted; while the
+    audit spool is full (:meth:`accepting` false) it refuses C-STOREs with Out of Resources (A700).
     """
 
     def __init__(self, auditor: Auditor, ae_title: str, host: str | None) -> None:
         self.auditor = auditor
         self.ae_title = ae_title
         self.host = host
-        self._lock = threading.Lock()
-        self._received: dict[int, dict[str, str | None]] = {}
-        self._counts: dict[int, int] = {}
 
-    def on_stored(self, stored: Any, is_new: bool) -> None:
-        """``on_stored`` callback of the Storage SCP."""
-        info = stored.info
-        key = id(threading.current_thread())  # the pynetdicom Association (a Thread) handling the C-STORE
+    def accepting(self) -> bool:
+        return self.auditor.accepting()
+
+    @staticmethod
+    def received(received: dict[str, Any], info: Any) -> None:
+        """Note one stored instance (an InstanceInfo) in the association's ``received`` dict."""
         pid = info.patient_id
         if info.patient_issuer_oid or info.patient_issuer_ns:
             pid = f"{pid}^^^{info.patient_issuer_ns or ''}&{info.patient_issuer_oid or ''}&ISO"
-        with self._lock:
-            self._received.setdefault(key, {})[info.study_uid] = pid
-            self._counts[key] = self._counts.get(key, 0) + 1
+        received.setdefault("studies", {})[info.study_uid] = pid
+        received["count"] = received.get("count", 0) + 1
 
-    def _finish(self, event: Any) -> None:
-        key = id(event.assoc)
-        with self._lock:
-            studies = self._received.pop(key, None)
-            count = self._counts.pop(key, 0)
+    def ended(self, received: dict[str, Any], calling_ae: str, peer: str | None) -> None:
+        """Record the association's C-STOREs, if it stored anything."""
+        studies = received.get("studies")
         if not studies:
             return
-        assoc = event.assoc
-        try:
-            calling = assoc.requestor.ae_title
-            peer = assoc.requestor.address
-        except AttributeError:
-            calling, peer = "unknown", None
-        record = cstore_event(calling_ae=str(calling).strip(), peer=peer, called_ae=self.ae_title,
-                              server_nap=self.host, source_id=self.auditor.source_id, studies=studies, count=count)
+        record = cstore_event(calling_ae=calling_ae, peer=peer, called_ae=self.ae_title, server_nap=self.host,
+                              source_id=self.auditor.source_id, studies=studies, count=received.get("count", 0))
         try:
             self.auditor.record(record)
         except Exception:
             log.exception("ALARM: the audit record of a C-STORE association could not be written")
-
-    def bind(self, server: Any) -> None:
-        """Bind the release/abort handlers on a running pynetdicom server, and put the full-spool
-        refusal in front of its C-STORE handler (Out of Resources, A700, while the spool is full)."""
-        from pynetdicom import evt
-
-        server.bind(evt.EVT_RELEASED, self._finish)
-        server.bind(evt.EVT_ABORTED, self._finish)
-        current = server.get_handlers(evt.EVT_C_STORE)
-        if current and current[0] is not None:
-            store, args = current[0], list(current[1] or [])
-            auditor = self.auditor
-
-            def refuse_when_full(event: Any, *extra: Any) -> int:
-                if not auditor.accepting():
-                    log.error("C-STORE of %s refused: %s", event.request.AffectedSOPInstanceUID, REFUSED)
-                    return 0xA700
-                return store(event, *extra)
-
-            server.bind(evt.EVT_C_STORE, refuse_when_full, args or None)

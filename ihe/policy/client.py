@@ -41,7 +41,10 @@ class PolicyClient:
 
     async def _ask(self, requester: Requester, documents: list[str], studies: list[str]) -> dict:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            from ihe import tls  # the node's mutual TLS identity, when it has one (the registry requires it then)
+
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                                  connector=tls.connector())
         payload = {"requester": requester.as_json(), "repository": self.repository, "documents": documents,
                    "studies": studies}
         async with self._session.post(self.url, json=payload) as response:

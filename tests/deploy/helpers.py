@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import queue
+import random
+import socket
 import subprocess
 import threading
 import time
@@ -55,3 +57,30 @@ async def drop_databases(url: str, prefix: str) -> None:
             await conn.execute(f'DROP DATABASE "{name["datname"]}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+# Every port xds-local opens with its defaults (registry, MLLP, audit, OIDC, portal, three hospitals'
+# repository, imaging source and DICOM ports).
+REGION_PORTS = (2575, 6514, 8010, 8020, 8021, 8022, 8040, 8041, 8042, 8070, 8090, 11112, 11113, 11114)
+EPHEMERAL_START = 32768  # Linux's default ip_local_port_range starts here: outgoing sockets take such ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def region_port_offset(low: int = 12000) -> int:
+    """A --port-offset for xds-local whose ports are all free now and all below the ephemeral range, so that
+    no outgoing connection of another test can hold one of them when the region starts."""
+    high = EPHEMERAL_START - max(REGION_PORTS) - 10
+    for _ in range(200):
+        offset = low + random.randrange((high - low) // 10) * 10
+        if all(_free(port + offset) for port in REGION_PORTS):
+            return offset
+    raise AssertionError(f"no free port offset between {low} and {high} for an xds-local region")
+

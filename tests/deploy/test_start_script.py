@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT
-from tests.deploy.helpers import Output, drop_databases
+from tests.deploy.helpers import Output, drop_databases, region_port_offset
 
 IGNORED = shutil.ignore_patterns(".venv", "data", ".git", "__pycache__", "*.egg-info", ".ruff_cache",
                                  ".pytest_cache", "build")
@@ -58,7 +58,7 @@ def project(tmp_path_factory):
 def test_a_second_start_makes_no_pip_call_and_starts_offline(project, postgres_admin_url):
     log = project.parent / "pip-second.log"
     prefix = f"xdsstart_{uuid.uuid4().hex[:8]}_"
-    offset = 21000 + uuid.uuid4().int % 1000 * 10
+    offset = region_port_offset()  # every port moves by this much; free, below the ephemeral range
     proc = subprocess.Popen(
         [str(project / "scripts" / "start.sh"), "--database-url", postgres_admin_url, "--data-dir",
          str(project / "data"), "--port-offset", str(offset), "--database-prefix", prefix],

@@ -3,6 +3,7 @@ byte-identical on disk, indexes them in PostgreSQL, and refuses bad input with a
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import uuid
 from pathlib import Path
@@ -157,3 +158,90 @@ async def test_a_different_copy_never_overwrites_the_indexed_one(imaging_source,
     [kept] = root.rglob(f"{ds.SOPInstanceUID}*.dcm")
     assert kept == root / row["storage_key"] and row["size"] == kept.stat().st_size
     assert pydicom.dcmread(kept).ImageComments == "a corrected copy" and row["instance_number"] == 99
+
+
+def test_echoscu(imaging_source):
+    echoscu = require_tool("echoscu", "dcmtk")
+    result = subprocess.run([echoscu, "-aet", "DCMTK_SCU", "-aec", "XDSI_TEST", "127.0.0.1",
+                             str(imaging_source.dicom_port)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_storescu_small_pdus_deflated_and_several_datasets(imaging_source, imaging_database_url, samples,
+                                                                 tmp_path):
+    """4 KiB PDUs both ways (each dataset in many P-DATA fragments), three datasets on one association, one of
+    them re-encoded by storescu as Deflated Explicit VR Little Endian: every one kept and indexed whole."""
+    storescu = require_tool("storescu", "dcmtk")
+    paths = []
+    study_uid = pydicom.uid.generate_uid()  # a study of its own: other tests retrieve the sample's study
+    for n in range(3):
+        ds = pydicom.dcmread(samples["CT"])
+        ds.StudyInstanceUID = study_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.96.{uuid.uuid4().int % 10**20}"
+        paths.append(tmp_path / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    for args, files in ((["--max-send-pdu", "4096", "-pdu", "4096"], paths[:2]),
+                        (["-xd", "--max-send-pdu", "4096", "-pdu", "4096"], paths[2:])):
+        result = subprocess.run([storescu, *args, "-aet", "DCMTK_SCU", "-aec", "XDSI_TEST", "127.0.0.1",
+                                 str(imaging_source.dicom_port), *map(str, files)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    rows = await _instance_rows(imaging_database_url)
+    for path in paths:
+        original = pydicom.dcmread(path)
+        row = rows[original.SOPInstanceUID]
+        stored = pydicom.dcmread(Path(imaging_source.storage_dir) / row["storage_key"])
+        assert stored.PixelData == original.PixelData and stored.PatientID == original.PatientID
+        assert row["size"] == (Path(imaging_source.storage_dir) / row["storage_key"]).stat().st_size
+    assert rows[pydicom.dcmread(paths[2]).SOPInstanceUID]["transfer_syntax_uid"] == "1.2.840.10008.1.2.1.99"
+
+
+async def test_a_header_longer_than_the_first_fragments_is_read_from_the_file(imaging_source, imaging_database_url,
+                                                                              samples, tmp_path):
+    """200 KB of private data before the patient module: the index facts come from the staged file."""
+    ds = pydicom.dcmread(samples["CT"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.95.{uuid.uuid4().int % 10**20}"
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()  # a study of its own: the patient is the study's
+    ds.add_new(0x00090010, "LO", "XDS TEST")
+    ds.add_new(0x00091001, "OB", bytes(200_000))
+    ds.PatientID = "LONGHEADER1"
+    path = tmp_path / "long_header.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert send_with_pynetdicom(imaging_source.dicom_port, [path]) == [0]  # one fragment: read from it
+    row = (await _instance_rows(imaging_database_url))[ds.SOPInstanceUID]
+    assert row["patient_id"] == "LONGHEADER1" and row["instance_number"] == ds.InstanceNumber
+    # 4 KiB fragments: the first 64 KiB end inside the private element, so the header is read from the file
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.95.{uuid.uuid4().int % 10**20}"
+    ds.InstanceNumber = 7
+    ds.save_as(path, enforce_file_format=True)
+    result = subprocess.run([require_tool("storescu", "dcmtk"), "--max-send-pdu", "4096", "-aec", "XDSI_TEST",
+                             "127.0.0.1", str(imaging_source.dicom_port), str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = (await _instance_rows(imaging_database_url))[ds.SOPInstanceUID]
+    assert row["patient_id"] == "LONGHEADER1" and row["instance_number"] == 7
+
+
+def test_pynetdicom_scu_with_a_small_max_pdu_gets_its_statuses(imaging_source, samples):
+    """The SCU accepts only 4 KiB PDUs: the responses fit; an instance without Patient ID is refused (A900)
+    with the reason in the Error Comment, and the association goes on."""
+    from pynetdicom import AE
+
+    ds = pydicom.dcmread(samples["CT"])
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = f"1.2.826.0.1.94.{uuid.uuid4().int % 10**20}"
+    anonymous = copy.deepcopy(ds)
+    anonymous.SOPInstanceUID = f"1.2.826.0.1.94.{uuid.uuid4().int % 10**20}"
+    del anonymous.PatientID
+    ae = AE(ae_title="TEST_SCU")
+    ae.maximum_pdu_size = 4096
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", imaging_source.dicom_port, ae_title="XDSI_TEST")
+    assert assoc.is_established
+    try:
+        refused = assoc.send_c_store(anonymous)
+        ok = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert refused.Status == 0xA900 and "Patient ID" in str(refused.ErrorComment)
+    assert ok.Status == 0
