@@ -37,7 +37,11 @@ async def open_source(settings: ImagingSourceSettings, database_url: str) -> Ima
     swept = await asyncio.to_thread(storage.sweep_incoming)
     if swept:
         log.warning("removed %d half-received instance files left by an earlier stop", swept)
-    return ImagingSource(settings=settings, pool=pool, storage=storage)
+    source = ImagingSource(settings=settings, pool=pool, storage=storage)
+    from imaging_source.access import open_policy
+
+    open_policy(source)
+    return source
 
 
 def _json_safe(row: dict) -> dict:
@@ -70,6 +74,15 @@ def build_app(source: ImagingSource) -> web.Application:
                           middlewares=audit_middlewares(source.extras.get("auditor")))
     xua.install(app, load_policy(source.settings.xua, source.settings.xua_trust),
                 http_prefixes=(wado_uri.PATH, wado_rs.PREFIX))
+    from imaging_source.access import guard, policy_of
+
+    app.middlewares.append(guard(source, (wado_uri.PATH, wado_rs.PREFIX)))  # after XUA: the identity is known
+
+    async def close_policy(_app: web.Application) -> None:
+        if (policy := policy_of(source)) is not None:
+            await policy.close()
+
+    app.on_cleanup.append(close_policy)
     app.router.add_post(rad69.PATH, rad69.build_handler(source))
     app.router.add_routes(wado_uri.build_routes(source))
     app.router.add_routes(wado_rs.build_routes(source))

@@ -54,6 +54,37 @@ HOSPITALS = (
 )
 
 
+def organisation_id(h: Hospital) -> str:
+    """The hospital's organisation OID (its hospital-number OID's parent), as XUA assertions name it."""
+    return h.hospital_number_oid.rsplit(".", 1)[0]
+
+
+def access_policy_file(data_dir: Path) -> Path:
+    """The region's access policy (ihe.policy.config), written at the first start; edit it to change the rules.
+
+    Relationships come from each hospital's own ADT feed (MSH-4 its namespace), as the demo data sends them.
+    ``anonymous = "permit"``: on one machine every service calls from 127.0.0.1, so a request without an XUA
+    identity cannot be told from the services' own (a repository settling a submission, the demo loader);
+    requests that carry an identity (the portal's, with XUA) are decided by the rules. Set it to "deny" once
+    every caller is named (XUA required, mutual TLS)."""
+    path = data_dir / "policy" / "access-policy.toml"
+    if path.exists():
+        return path
+    lines = ["# xds-local's access policy (see README: access policy). Written once; edit freely.",
+             'anonymous = "permit"', "relationship-days-after-discharge = 30", "referral-days = 90",
+             "break-glass-minutes = 240", "break-glass-when-opted-out = false", ""]
+    for h in HOSPITALS:
+        lines += ["[[organisations]]", f'id = "{organisation_id(h)}"',
+                  f'names = ["{h.name}", "Hospital {h.name[-1].upper()}"]',
+                  f'repositories = ["{h.repository_unique_id}"]', f'feeds = ["{h.namespace}"]', ""]
+    lines += ["# Example: sexual health reports only for hospital C", "[[restrictions]]", 'name = "sexual health"',
+              'class-codes = ["SH^^^1.3.6.1.4.1.21367.2026.0.1"]',
+              f'organisations = ["{organisation_id(HOSPITALS[2])}"]', ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def scheme(args: argparse.Namespace) -> str:
     """The region's HTTP scheme: mutual TLS unless --insecure."""
     return "http" if args.insecure else "https"
@@ -130,6 +161,9 @@ def services(args: argparse.Namespace, server_url: str,
     """The region's services; ``creds`` (None only to list the ports) adds XUA and audit options."""
     host, o, prefix = args.host, args.port_offset, args.database_prefix
     registry_url = f"{scheme(args)}://{host}:{args.registry_port + o}/registry"
+    policy = (["--access-policy", str(access_policy_file(args.data_dir))] if args.access_policy == "on" else [])
+    decisions = (["--access-policy-url", f"{scheme(args)}://{host}:{args.registry_port + o}/policy/decisions"]
+                 if args.access_policy == "on" else [])
     py = sys.executable
     audit_port = args.audit_port + o
     # A stream listener always (readiness probes it): mutual TLS with the audit node's certificate, client
@@ -151,7 +185,7 @@ def services(args: argparse.Namespace, server_url: str,
         py, "-m", "registry.cli", "--host", host, "--port", str(args.registry_port + o), "--mllp-host", host,
         "--mllp-port", str(args.mllp_port + o), "--database-url", database_url(server_url, f"{prefix}registry"),
         "--affinity-domain-oid", NHS_NUMBER_OID, *xua_args(args, creds, "registry"),
-        *audit_args(args, creds, "registry"), *tls_args(args, "registry")], f"{prefix}registry",
+        *audit_args(args, creds, "registry"), *tls_args(args, "registry"), *policy], f"{prefix}registry",
         (Listener("HTTP", args.registry_port + o), Listener("MLLP", args.mllp_port + o))))
     for h in HOSPITALS:
         db = prefix + h.name.replace("-", "_")
@@ -160,7 +194,7 @@ def services(args: argparse.Namespace, server_url: str,
             "--repository-unique-id", h.repository_unique_id, "--registry-url", registry_url,
             "--storage-dir", str(args.data_dir / h.name / "documents"),
             "--database-url", database_url(server_url, f"{db}_repository"), *xua_args(args, creds, "repository"),
-            *audit_args(args, creds, f"{h.name}-repository"), *tls_args(args, f"{h.name}-repository")],
+            *audit_args(args, creds, f"{h.name}-repository"), *tls_args(args, f"{h.name}-repository"), *decisions],
             f"{db}_repository",
             (Listener("HTTP", h.repository_port + o),)))
         found.append(Service(f"{h.name} imaging source", [
@@ -175,7 +209,7 @@ def services(args: argparse.Namespace, server_url: str,
             "--affinity-domain-oid", NHS_NUMBER_OID, "--pix-host", host, "--pix-port", str(args.mllp_port + o),
             *(["--quiet-period", str(args.quiet_period)] if args.quiet_period is not None else []),
             *xua_args(args, creds, "imaging"), *audit_args(args, creds, f"{h.name}-imaging"),
-            *tls_args(args, f"{h.name}-imaging")], f"{db}_imaging",
+            *tls_args(args, f"{h.name}-imaging"), *decisions], f"{db}_imaging",
             (Listener("HTTP", h.imaging_port + o), Listener("DICOM", h.dicom_port + o, h.ae_title))))
     oidc_port = args.oidc_port + o
     found.append(Service("OpenID Connect provider", [], None, (
@@ -206,6 +240,7 @@ class PortalWiring:
     database_url: str  # and its URL
     data_dir: Path
     tls: list[str]  # its --tls-* options (empty with --insecure)
+    access_policy_url: str | None = None  # the registry's /policy endpoints when the access policy is on
     credentials: security.RegionCredentials | None = None  # its XUA signing key
     audit_args: tuple[str, ...] = ()  # where it sends its audit records
     audit_database_url: str | None = None  # what its admin page's audit search reads
@@ -226,7 +261,9 @@ def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_prov
         database=f"{args.database_prefix}portal",
         database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal",
         credentials=creds, audit_args=tuple(audit_args(args, creds, "portal")),
-        audit_database_url=database_url(server_url, f"{args.database_prefix}audit") if creds else None)
+        audit_database_url=database_url(server_url, f"{args.database_prefix}audit") if creds else None,
+        access_policy_url=(f"{scheme(args)}://{host}:{args.registry_port + o}/policy" if args.access_policy == "on"
+                           else None))
 
 
 def portal_service(wiring: PortalWiring) -> Service:
@@ -249,6 +286,7 @@ def portal_service(wiring: PortalWiring) -> Service:
         *xua_signing_args(wiring), *wiring.audit_args,
         *(["--audit-database-url", wiring.audit_database_url] if wiring.audit_database_url else []),
         *wiring.tls,
+        *(["--access-policy-url", wiring.access_policy_url] if wiring.access_policy_url else []),
     ], wiring.database, (Listener("HTTP", wiring.port, path="/health"),))
 
 
@@ -332,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds without a new instance before an imaging source publishes a study's manifest "
                              "(the imaging sources' default when absent)")
     parser.add_argument("--no-demo-data", action="store_true", help="do not load the demo patients and studies")
+    parser.add_argument("--access-policy", choices=("on", "off"), default="on",
+                        help="the regional access policy (DATA-DIR/policy/access-policy.toml, written at the first "
+                             "start): relationships from the hospitals' ADT feeds, opt-outs, break-glass")
     parser.add_argument("--insecure", action="store_true",
                         help="plain HTTP, MLLP and DICOM between the services (no TLS, no certificates): for "
                              "experiments only; by default every service speaks mutual TLS with certificates from "

@@ -177,6 +177,19 @@ def adt_a01(patient: dict, hospitals: list[DemoHospital]) -> str:
         "PV1||O"])
 
 
+def hospital_adt_a01(patient: dict, hospital: DemoHospital) -> str:
+    """ITI-8 ADT^A01 from the hospital's own PAS (MSH-4 its namespace): the admission that gives the hospital a care
+    relationship with the patient under the access policy."""
+    ids = [f"{patient['nhs_number']}^^^NHS&{NHS_NUMBER_OID}&ISO",
+           f"{patient['hospital_numbers'][hospital.name]}^^^{hospital.namespace}&{hospital.hospital_number_oid}&ISO"]
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    return encode([
+        f"MSH|^~\\&|PAS|{hospital.namespace}|XDS-REGISTRY|REGION|{stamp}||ADT^A01^ADT_A01|{new_control_id()}|P|2.5",
+        f"EVN|A01|{stamp}",
+        f"PID|||{'~'.join(ids)}||{patient['family']}^{patient['given']}||{patient['birth_date']}|{patient['sex']}",
+        "PV1||I"])
+
+
 class Journal:
     """Finished steps, one line each, appended and fsync'd: what a resumed load skips."""
 
@@ -317,6 +330,11 @@ async def load(data_dir: Path, hospitals: list[DemoHospital], registry_url: str,
         if f"adt-{p}" not in journal:
             await feed_patient(*mllp, adt_a01(patient, hospitals))
             journal.add(f"adt-{p}")
+        # Each hospital that has a study of the patient admitted them (its own feed): its care relationship.
+        for name in sorted({s["hospital"] for s in plan["studies"] if s["patient"] == p}):
+            if f"adt-{p}-{name}" not in journal:
+                await feed_patient(*mllp, hospital_adt_a01(patient, by_name[name]))
+                journal.add(f"adt-{p}-{name}")
     reports = 0
     for n, study in enumerate(plan["studies"]):
         hospital = by_name[study["hospital"]]

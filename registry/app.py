@@ -41,6 +41,7 @@ class Registry:
     code_list: Any = None  # ihe.metadata.codes.CodeList when configured
     servers: list[Any] = field(default_factory=list)
     auditor: Any = None  # ihe.audit.auditor.Auditor when --audit-repository is set
+    policy: Any = None  # ihe.policy.model.PolicyConfig when --access-policy is set
 
 
 async def open_registry(settings: RegistrySettings, database_url: str) -> Registry:
@@ -54,7 +55,14 @@ async def open_registry(settings: RegistrySettings, database_url: str) -> Regist
         from ihe.metadata.codes import load_code_list
 
         code_list = load_code_list(settings.code_list)
-    return Registry(settings=settings, pool=pool, code_list=code_list)
+    policy = None
+    if settings.access_policy is not None:
+        from ihe.policy.config import load_policy_file
+
+        policy = load_policy_file(settings.access_policy)
+        log.info("access policy %s: %d organisations, %d restriction rules", settings.access_policy,
+                 len(policy.organisations), len(policy.restrictions))
+    return Registry(settings=settings, pool=pool, code_list=code_list, policy=policy)
 
 
 def build_app(registry: Registry) -> web.Application:
@@ -83,6 +91,10 @@ def build_app(registry: Registry) -> web.Application:
     app.router.add_post(REGISTRY_PATH, service.handle)
     app.router.add_get(REGISTRY_PATH, _wsdl_or_info)
     app.router.add_get("/health", database_health(registry.pool))
+    if registry.policy is not None:
+        from registry.policy_endpoint import add_policy_routes
+
+        add_policy_routes(app, registry)
     return app
 
 

@@ -76,6 +76,7 @@ class Repository:
     in_flight: set[uuid.UUID] = field(default_factory=set)  # journal entries this process is working on
     owner: Any = None  # the connection holding the repositoryUniqueId lock
     auditor: Any = None  # ihe.audit.auditor.Auditor when --audit-repository is set
+    policy: Any = None  # ihe.policy.client.PolicyClient when --access-policy-url is set
 
 
 class RepositoryInUse(RuntimeError):
@@ -101,11 +102,19 @@ async def open_repository(settings: RepositorySettings, database_url: str) -> Re
         await owner.close()
         raise
     client = SoapClient(timeout=settings.registry_timeout)
-    return Repository(settings=settings, pool=pool, store=store, soap_client=client, owner=owner)
+    policy = None
+    if settings.access_policy_url:
+        from ihe.policy.client import PolicyClient
+
+        policy = PolicyClient(settings.access_policy_url, settings.repository_unique_id,
+                              cache_seconds=settings.access_policy_cache)
+    return Repository(settings=settings, pool=pool, store=store, soap_client=client, owner=owner, policy=policy)
 
 
 async def close_repository(repo: Repository) -> None:
     await repo.soap_client.close()
+    if repo.policy is not None:
+        await repo.policy.close()
     await repo.pool.close()
     repo.store.close()
     if repo.owner is not None:
@@ -152,6 +161,7 @@ class RepositoryEndpoint:
             soap = parse_envelope(root)
             soap.identity = xua.enforce_soap(request, root, soap.action)
         soap.attachments = attachments
+        soap.remote = request.remote
         return soap, media == "multipart/related"
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:

@@ -41,6 +41,11 @@ OPTIONS: list[Option] = [
            "sent) or off (mutual TLS alone)", "off", xua_mode),
     Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
            None, Path),
+    Option("access-policy-url", "the registry's access decision endpoint (http://REGISTRY:8010/policy/decisions); "
+           "when set every retrieval is asked there first and refused when denied; when absent there is no access "
+           "policy"),
+    Option("access-policy-cache", "seconds a permit of the access policy is reused for the same requester and "
+           "document or study (a viewer asks for every frame); denials are never reused", 10.0, float),
     *AUDIT_OPTIONS,
     *TLS_OPTIONS,
 ]
@@ -65,6 +70,8 @@ class RepositorySettings:
     log_level: str = "INFO"
     xua: str = "off"
     xua_trust: Path | None = None
+    access_policy_url: str | None = None
+    access_policy_cache: float = 10.0
 
     audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
     audit_spool_dir: Path | None = None

@@ -42,6 +42,13 @@ OPTIONS: list[Option] = [
            "when absent nobody may"),
     Option("imaging-sources", "the hospitals' imaging sources as HOSPITAL_NAME|BASE_URL separated by ';' (a TOML "
            "list works too); the registry browser shows each one's publishing status (BASE_URL/status)"),
+    Option("access-policy-url", "the registry's access policy endpoints (http://REGISTRY:8010/policy): before a "
+           "patient's list is shown the portal asks whether the user's organisation may see the patient, and offers "
+           "break-glass when not; when absent the portal shows what the registry answers"),
+    Option("trusted-networks", "networks (CIDR, comma-separated) from which a password sign-in is enough; from "
+           "anywhere else the sign-in must carry one of --mfa-acr (multi-factor); when absent no check"),
+    Option("mfa-acr", "the identity provider's acr values meaning multi-factor authentication, comma-separated "
+           "(asked for as acr_values off the trusted networks)", "mfa"),
     Option("pool-size", "PostgreSQL connections", 10, int),
     Option("log-level", "logging level", "INFO"),
     Option("audit-database-url", "PostgreSQL URL of the ATNA audit record repository's database (xds-audit), read "
@@ -153,6 +160,9 @@ class PortalSettings:
     log_level: str = "INFO"
     admin_role: str | None = None
     imaging_sources: list[Registry] = field(default_factory=list)  # (hospital name, base URL)
+    access_policy_url: str | None = None
+    trusted_networks: str | None = None
+    mfa_acr: str = "mfa"
     audit_database_url: str | None = None
     xua_signing_key: str | None = None  # consumer.portal.xua.XUA_OPTIONS
     xua_signing_cert: str | None = None
@@ -184,6 +194,17 @@ class PortalSettings:
         values["pacs"] = parse_pacs(values.get("pacs"))
         values["imaging_sources"] = parse_registries(values.get("imaging_sources"))
         return cls(**values)
+
+    @property
+    def trusted_network_list(self) -> list:
+        import ipaddress
+
+        return [ipaddress.ip_network(n.strip(), strict=False) for n in (self.trusted_networks or "").split(",")
+                if n.strip()]
+
+    @property
+    def mfa_acr_list(self) -> list[str]:
+        return [a.strip() for a in self.mfa_acr.split(",") if a.strip()]
 
     @property
     def base_url(self) -> str:

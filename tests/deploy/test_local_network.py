@@ -67,7 +67,7 @@ def xds_local(postgres_admin_url, data_dir, offset, prefix) -> subprocess.Popen:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def portal_assertions(data_dir):
+def portal_assertions(data_dir, organisation: str = "hospital-a"):
     """A SOAP client's ``security_provider`` acting as the region's portal (its XUA key, made by xds-local) for
     a test user: the registry requires an assertion on ITI-18."""
     from consumer.portal.sessions import PortalSession
@@ -80,16 +80,24 @@ def portal_assertions(data_dir):
     xua = PortalXua.from_settings(PortalSettings.from_dict({
         "xua_signing_key": str(folder / "portal-xua.key"), "xua_signing_cert": str(folder / "portal-xua.pem"),
         "xua_issuer": PORTAL_ISSUER}))
-    caller = Caller(PortalSession("xds-local test", "clinician", "hospital-a", "", "xds-local-test"))
+    caller = Caller(PortalSession("xds-local test", "clinician", organisation, "", "xds-local-test"))
     return lambda url, action: security_header(xua.assertion(caller))
 
 
-def documents_by_patient(registry_url: str, patients: list[dict], data_dir) -> dict[str, list]:
-    """ITI-18 FindDocuments (Approved) for each demo patient's NHS number, as the portal asks (XUA)."""
+def documents_by_patient(registry_url: str, patients: list[dict], data_dir,
+                         organisations: tuple[str, ...] = ("hospital-a", "hospital-b", "hospital-c")
+                         ) -> dict[str, list]:
+    """ITI-18 FindDocuments (Approved) for each demo patient's NHS number, as the portal asks (XUA) for a clinician
+    of each of ``organisations``: the access policy shows a hospital only the patients it cares for, so the
+    region's whole holding is the union of the three hospitals' answers."""
     async def run():
-        async with SoapClient(timeout=30, security_provider=portal_assertions(data_dir)) as client:
-            return {p["nhs_number"]: await find_documents(client, registry_url, f"{p['nhs_number']}^^^&{NHS_OID}&ISO")
-                    for p in patients}
+        found: dict[str, dict] = {p["nhs_number"]: {} for p in patients}
+        for organisation in organisations:
+            async with SoapClient(timeout=30, security_provider=portal_assertions(data_dir, organisation)) as client:
+                for p in patients:
+                    for e in await find_documents(client, registry_url, f"{p['nhs_number']}^^^&{NHS_OID}&ISO"):
+                        found[p["nhs_number"]][e.unique_id] = e
+        return {nhs: list(entries.values()) for nhs, entries in found.items()}
     return asyncio.run(run())
 
 
@@ -169,6 +177,13 @@ def test_demo_reports_and_manifests_are_found_by_nhs_number_at_the_right_hospita
     reports = {e.unique_id for entries in found.values() for e in entries if e.mime_type != "application/dicom"}
     assert reports == {u for s in plan["studies"] for u in s["reports"].values()}
     network["documents"] = {nhs: len(entries) for nhs, entries in found.items()}
+    # The access policy: hospital A sees a patient's documents only when it admitted them (the demo data admits
+    # each patient at the hospitals holding their studies), and a patient it never saw not at all.
+    at_a = documents_by_patient(network["registry"], plan["patients"], network["data_dir"], ("hospital-a",))
+    for p, patient in enumerate(plan["patients"]):
+        admitted = any(s["patient"] == p and s["hospital"] == "hospital-a" for s in plan["studies"])
+        assert len(at_a[patient["nhs_number"]]) == (len(found[patient["nhs_number"]]) if admitted else 0), p
+    assert not all(at_a.values()), "the demo data should have a patient hospital A has no relationship with"
 
 
 def test_a_load_interrupted_after_sending_but_before_journaling_resumes_without_duplicates(network):
@@ -368,7 +383,7 @@ def test_insecure_audit_goes_over_plain_tcp_still_acknowledged_and_tls_over_the_
 
     args = SimpleNamespace(host="127.0.0.1", port_offset=0, database_prefix="x_", registry_port=8010, mllp_port=2575,
                            data_dir=tmp_path, audit_port=6514, audit_transport="tls", insecure=True, xua="required",
-                           quiet_period=None, oidc_port=8070, pki=None)
+                           quiet_period=None, oidc_port=8070, pki=None, access_policy="off")
     creds = region.security.prepare(tmp_path, audience="urn:oid:1.2.3")
     network = region.services(args, "postgresql:///", creds)
     audit = network[0].command
