@@ -122,6 +122,8 @@ class ImagingSourceSettings:
     audit_spool_dir: Path | None = None
     audit_spool_max_bytes: int = 256 * 1024 * 1024
     audit_ca_file: str | None = None
+    audit_tls_cert: str | None = None
+    audit_tls_key: str | None = None
     audit_source_id: str | None = None
     audit_ack: str = "repository"
 

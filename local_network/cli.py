@@ -93,7 +93,7 @@ def scheme(args: argparse.Namespace) -> str:
 def node_names() -> list[str]:
     """Every node that gets a certificate: the services, and xds-local itself (readiness probes, demo loader)."""
     return ["registry", *(f"{h.name}-{kind}" for h in HOSPITALS for kind in ("repository", "imaging")), "portal",
-            "xds-local"]
+            "audit", "xds-local"]
 
 
 def tls_args(args: argparse.Namespace, node: str) -> list[str]:
@@ -126,18 +126,27 @@ class Service:
     env: dict[str, str] | None = None
 
 
+def audit_transport(args: argparse.Namespace) -> str:
+    """``tls`` (mutual TLS on the region's CA), ``udp`` (--audit-transport udp), or, with --insecure where no
+    certificates exist, ``tcp``: plain, unencrypted, but still acknowledged so nothing is lost."""
+    if args.audit_transport == "udp":
+        return "udp"
+    return "tcp" if args.insecure else "tls"
+
+
 def audit_url(args: argparse.Namespace) -> str:
-    """Where every service sends its audit records: syslog over TLS, or UDP with ``--audit-transport udp``."""
+    """Where every service sends its audit records."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1"}.get(args.host, args.host)
-    return f"{args.audit_transport}://{host}:{args.audit_port + args.port_offset}"
+    return f"{audit_transport(args)}://{host}:{args.audit_port + args.port_offset}"
 
 
 def audit_args(args: argparse.Namespace, creds: security.RegionCredentials | None, node: str) -> list[str]:
-    """A service's options sending its audit trail to the region's xds-audit (its spool in its own folder)."""
+    """A service's options sending its audit trail to the region's xds-audit (its spool in its own folder).
+    Over TLS the sender presents the node's own certificate and trusts the region's CA (its --tls-*)."""
     if creds is None:
         return []
-    return ["--audit-repository", audit_url(args), "--audit-ca-file", str(creds.audit_cert),
-            "--audit-spool-dir", str(args.data_dir / "audit-spool" / node), "--audit-source-id", node]
+    return ["--audit-repository", audit_url(args), "--audit-spool-dir", str(args.data_dir / "audit-spool" / node),
+            "--audit-source-id", node]
 
 
 def xua_args(args: argparse.Namespace, creds: security.RegionCredentials | None, kind: str) -> list[str]:
@@ -157,14 +166,21 @@ def services(args: argparse.Namespace, server_url: str,
                  if args.access_policy == "on" else [])
     py = sys.executable
     audit_port = args.audit_port + o
-    # Syslog over TLS always (readiness probes it); with --audit-transport udp also UDP on the same port number.
-    audit_command = [py, "-m", "ihe.audit.cli", "serve", "--host", host, "--tls-port", str(audit_port),
+    # A stream listener always (readiness probes it): mutual TLS with the audit node's certificate, client
+    # certificates from the region's CA required; with --insecure plain TCP. --audit-transport udp adds UDP on
+    # the same port number.
+    audit_command = [py, "-m", "ihe.audit.cli", "serve", "--host", host,
                      "--database-url", database_url(server_url, f"{prefix}audit"),
                      *(["--udp-port", str(audit_port)] if args.audit_transport == "udp" else [])]
-    if creds is not None:
-        audit_command += ["--tls-cert", str(creds.audit_cert), "--tls-key", str(creds.audit_key)]
+    node_pki = getattr(args, "pki", None)
+    if node_pki is None:
+        audit_command += ["--tcp-port", str(audit_port)]
+    else:
+        audit = node_pki.nodes["audit"]
+        audit_command += ["--tls-port", str(audit_port), "--tls-cert", str(audit.cert), "--tls-key", str(audit.key),
+                          "--tls-client-ca", str(audit.ca)]
     found = [Service("audit record repository", audit_command, f"{prefix}audit",
-                     (Listener("syslog-TLS", audit_port),))]
+                     (Listener("syslog-TLS" if node_pki is not None else "syslog", audit_port),))]
     found.append(Service("registry", [
         py, "-m", "registry.cli", "--host", host, "--port", str(args.registry_port + o), "--mllp-host", host,
         "--mllp-port", str(args.mllp_port + o), "--database-url", database_url(server_url, f"{prefix}registry"),
@@ -225,7 +241,7 @@ class PortalWiring:
     data_dir: Path
     tls: list[str]  # its --tls-* options (empty with --insecure)
     access_policy_url: str | None = None  # the registry's /policy endpoints when the access policy is on
-    credentials: security.RegionCredentials | None = None  # its XUA signing key; the audit TLS certificate
+    credentials: security.RegionCredentials | None = None  # its XUA signing key
     audit_args: tuple[str, ...] = ()  # where it sends its audit records
     audit_database_url: str | None = None  # what its admin page's audit search reads
 
@@ -388,15 +404,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if args.insecure:
+        how = "over UDP" if audit_transport(args) == "udp" else "over plain TCP"
         print("xds-local: --insecure: every service speaks plain HTTP, MLLP and DICOM, without TLS or client "
-              "certificates; for experiments only, never with real patient data", file=sys.stderr, flush=True)
+              f"certificates, and sends its audit records {how} (unencrypted); for experiments only, never with "
+              "real patient data", file=sys.stderr, flush=True)
     try:
         provider = oidc_provider.prepare(args.data_dir, args.host, args.oidc_port + args.port_offset, portal_url(args))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"xds-local: cannot set up the OpenID Connect provider: {exc}", file=sys.stderr)
         return 1
     try:
-        creds = security.prepare(args.data_dir, audience=f"urn:oid:{NHS_NUMBER_OID}", audit_host=args.host)
+        creds = security.prepare(args.data_dir, audience=f"urn:oid:{NHS_NUMBER_OID}")
     except (OSError, ValueError) as exc:
         print(f"xds-local: cannot make the region's XUA and audit credentials: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from ihe import tls
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    kind: str  # "HTTP", "MLLP" or "DICOM"
+    kind: str  # "HTTP", "MLLP", "DICOM", "syslog-TLS" or "syslog" (plain TCP)
     port: int
     ae_title: str | None = None  # DICOM only
     path: str = "/health"  # HTTP only: answered with 200 once the service works
@@ -87,8 +87,8 @@ def answers(host: str, listener: Listener, timeout: float = 3.0) -> bool:
         return c_echo(host, listener.port, listener.ae_title or "ANY-SCP", timeout)
     try:
         with socket.create_connection((host, listener.port), timeout=timeout) as sock:
-            context = tls.client_ssl() if listener.kind == "MLLP" else None
-            if context is not None:  # MLLP over TLS: the handshake must succeed
+            context = tls.client_ssl() if listener.kind in ("MLLP", "syslog-TLS") else None
+            if context is not None:  # MLLP or syslog over TLS: the handshake must succeed
                 with context.wrap_socket(sock, server_hostname=host) as wrapped:
                     tls.check_pins(wrapped, tls.node().pins, f"{host}:{listener.port}")
             return True

@@ -1,19 +1,14 @@
-"""The region's XUA and audit credentials, made at first start with ``cryptography`` and kept in the data folder.
+"""The region's XUA credentials, made at first start with ``cryptography`` and kept in the data folder:
+the portal's XUA signing key and certificate (RSA-2048, self-signed: an assertion is trusted because its
+issuer's certificate is named in each service's trust file, not by a chain), and one XUA trust file per
+kind of service, naming the portal and the actions the hospitals' own nodes send without an assertion.
 
-- the portal's XUA signing key and certificate (RSA-2048, self-signed: an assertion is trusted because its
-  issuer's certificate is named in each service's trust file, not by a chain), and one XUA trust file per
-  kind of service, naming the portal and the actions the hospitals' own nodes send without an assertion;
-- the audit record repository's TLS certificate (self-signed for the listening address; the services'
-  ``--audit-ca-file`` is that certificate).
-
-Self-signed on purpose and in this small module: the region's TLS (issue 12's transport part) brings a
-local CA, and these can then be issued by it instead.
+The audit link's certificates are TLS node certificates from the region's CA (local_network/pki.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +38,6 @@ class RegionCredentials:
     xua_cert: Path
     xua_issuer: str
     trust_files: dict[str, Path]  # kind of service -> its --xua-trust file
-    audit_cert: Path
-    audit_key: Path
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -55,25 +48,16 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _self_signed(common_name: str, key, *, hosts: list[str] = ()) -> bytes:
+def _self_signed(common_name: str, key) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
 
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=VALID_DAYS)))
-    if hosts:
-        names: list[x509.GeneralName] = []
-        for h in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(h)))
-            except ValueError:
-                names.append(x509.DNSName(h))
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    cert = builder.sign(key, hashes.SHA256())
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=VALID_DAYS)).sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -103,10 +87,8 @@ def _rsa_pair(key_path: Path, cert_path: Path, common_name: str) -> None:
     cert_path.write_bytes(_self_signed(common_name, key))
 
 
-def prepare(data_dir: Path, *, audience: str, audit_host: str) -> RegionCredentials:
+def prepare(data_dir: Path, *, audience: str) -> RegionCredentials:
     """The credentials under ``data_dir/security``, made the first time (kept across restarts)."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     folder = data_dir / "security"
     folder.mkdir(parents=True, exist_ok=True)
     xua_key, xua_cert = folder / "portal-xua.key", folder / "portal-xua.pem"
@@ -120,13 +102,7 @@ def prepare(data_dir: Path, *, audience: str, audit_host: str) -> RegionCredenti
         path = folder / f"xua-trust-{kind}.toml"
         path.write_text(trust_file_text(audience, issuers, exempt), encoding="utf-8")
         trust_files[kind] = path
-    audit_key, audit_cert = folder / "audit-tls.key", folder / "audit-tls.pem"
-    hosts = sorted({"127.0.0.1", "localhost", audit_host} - {"", "0.0.0.0", "::"})
-    if not (audit_key.exists() and audit_cert.exists()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        _write_private(audit_key, _key_pem(key))
-        audit_cert.write_bytes(_self_signed("xds-local audit record repository", key, hosts=hosts))
-    return RegionCredentials(xua_key, xua_cert, PORTAL_ISSUER, trust_files, audit_cert, audit_key)
+    return RegionCredentials(xua_key, xua_cert, PORTAL_ISSUER, trust_files)
 
 
 def loader_security(data_dir: Path, audience: str, organisation: str):

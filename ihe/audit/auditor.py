@@ -9,6 +9,7 @@ import socket
 import ssl
 from pathlib import Path
 
+from ihe import tls
 from ihe.audit.messages import AuditEvent, audit_message_bytes
 from ihe.audit.sender import Destination, Sender
 from ihe.audit.spool import Spool
@@ -25,7 +26,10 @@ AUDIT_OPTIONS: list[Option] = [
     Option("audit-spool-max-bytes", "most bytes of undelivered audit records; when reached, new requests are "
            "refused (every access is audited or not served)", 256 * 1024 * 1024, int),
     Option("audit-ca-file", "CA certificates (PEM) the audit repository's TLS certificate must chain to; "
-           "default: the system's"),
+           "default: this node's --tls-ca, else the system's"),
+    Option("audit-tls-cert", "this node's certificate (PEM) presented to the audit repository (RFC 5425 is mutual "
+           "TLS); default: this node's --tls-cert"),
+    Option("audit-tls-key", "the private key (PEM) of --audit-tls-cert; default: this node's --tls-key"),
     Option("audit-source-id", "AuditSourceID of this node; default: the host name"),
     Option("audit-ack", "'repository' (wait for xds-audit's acknowledgement: nothing lost, nothing twice) or "
            "'none' (third-party repositories)", "repository"),
@@ -66,11 +70,28 @@ class Auditor:
         self.spool.close()
 
 
-def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """TLS 1.2+ client context verifying the repository (mutual TLS: load a client cert on it later)."""
+def client_ssl_context(ca_file: str | None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """TLS 1.2+ client context verifying the repository and, given ``cert``/``key``, presenting this node's
+    certificate (RFC 5425 section 5: both ends authenticate)."""
     ctx = ssl.create_default_context(cafile=ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(tls.STRONG_CIPHERS)
+    if cert:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise tls.TlsSetupError(f"audit: cannot load the certificate {cert} / key {key} presented to the audit "
+                                    f"repository: {exc}") from None
     return ctx
+
+
+def sender_identity(settings: object) -> tuple[str | None, str | None, str | None]:
+    """(CA file, certificate, key) of the audit link: the --audit-* options, else the node's own --tls-* (the
+    node has one identity in the affinity domain, on every link)."""
+    def pick(own: str, node: str) -> str | None:
+        return getattr(settings, own, None) or getattr(settings, node, None)
+
+    return pick("audit_ca_file", "tls_ca"), pick("audit_tls_cert", "tls_cert"), pick("audit_tls_key", "tls_key")
 
 
 def open_auditor(settings: object, app_name: str, *, ssl_context: ssl.SSLContext | None = None) -> Auditor | None:
@@ -83,7 +104,11 @@ def open_auditor(settings: object, app_name: str, *, ssl_context: ssl.SSLContext
     spool_dir = getattr(settings, "audit_spool_dir", None) or Path(getattr(settings, "data_dir", "data")) / "audit"
     spool = Spool.open_slot(Path(spool_dir), max_bytes=getattr(settings, "audit_spool_max_bytes", 256 << 20))
     if destination.scheme == "tls" and ssl_context is None:
-        ssl_context = client_ssl_context(getattr(settings, "audit_ca_file", None))
+        ca_file, cert, key = sender_identity(settings)
+        ssl_context = client_ssl_context(ca_file, cert, key)
+        if cert is None:
+            log.warning("audit: no certificate to present to %s (no --audit-tls-cert or --tls-cert): a repository "
+                        "requiring mutual TLS (RFC 5425, xds-audit --tls-client-ca) will refuse this node", url)
     ack = getattr(settings, "audit_ack", "repository") or "repository"
     if destination.scheme == "udp" or ack == "none":
         log.warning("audit: records to %s are forgotten once sent (no acknowledgement): a repository crash can "

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ihe import tls
 from ihe.config import Option, build_parser, resolve
 from ihe.database import create_pool, resolve_database_url
 
@@ -25,8 +26,8 @@ OPTIONS: list[Option] = [
     Option("tls-port", "syslog over TLS port (RFC 5425)", 6514, int),
     Option("tls-cert", "PEM certificate (chain) of this repository; the TLS listener needs it"),
     Option("tls-key", "PEM private key of --tls-cert"),
-    Option("tls-client-ca", "CA certificates (PEM) client certificates must chain to (mutual TLS); when absent "
-           "clients are not asked for one"),
+    Option("tls-client-ca", "CA certificates (PEM) client certificates must chain to (mutual TLS, RFC 5425; each "
+           "refused sender is logged in one line); when absent clients are not asked for one"),
     Option("udp-port", "syslog over UDP port (RFC 5426); off when absent", None, int),
     Option("tcp-port", "plain TCP syslog port with octet counting, unencrypted (experiments only); off when absent",
            None, int),
@@ -57,6 +58,7 @@ class AuditSettings:
 def server_ssl_context(cert: str, key: str | None, client_ca: str | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(tls.STRONG_CIPHERS)
     ctx.load_cert_chain(cert, key)
     if client_ca:
         ctx.load_verify_locations(client_ca)
@@ -73,8 +75,26 @@ async def open_pool(database_url: str):
     return pool
 
 
+def listener_tls(settings: AuditSettings) -> tls.NodeTls | None:
+    """With --tls-client-ca, the listener's mutual TLS (ihe.tls: strong suites, a client certificate from that
+    CA required, refusals logged); None otherwise. Raises tls.TlsSetupError for bad files."""
+    if not (settings.tls_cert and settings.tls_client_ca):
+        return None
+    if not settings.tls_key:
+        raise tls.TlsSetupError("--tls-cert needs --tls-key")
+    config = tls.TlsConfig(Path(settings.tls_cert), Path(settings.tls_key), Path(settings.tls_client_ca))
+    return tls.NodeTls(config, tls.server_context(config), tls.client_context(config),
+                       tls.server_context(config, gated=True))
+
+
 async def serve(settings: AuditSettings, database_url: str) -> int:
     from ihe.audit.repository import AuditReceiver
+
+    try:
+        node_tls = listener_tls(settings)
+    except tls.TlsSetupError as exc:
+        print(f"audit repository: {exc}", file=sys.stderr, flush=True)
+        return 2
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,10 +103,15 @@ async def serve(settings: AuditSettings, database_url: str) -> int:
     pool = await open_pool(database_url)
     receiver = AuditReceiver(pool)
     try:
-        if settings.tls_cert:
-            ctx = server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.tls_cert and settings.tls_client_ca:
+            await receiver.start_stream(settings.host, settings.tls_port, None, node_tls)
+            print(f"audit repository: syslog over mutual TLS at {settings.host}:{settings.tls_port} (client "
+                  f"certificates issued by {settings.tls_client_ca} required)", flush=True)
+        elif settings.tls_cert:
+            ctx = server_ssl_context(settings.tls_cert, settings.tls_key, None)
             await receiver.start_stream(settings.host, settings.tls_port, ctx)
-            print(f"audit repository: syslog over TLS at {settings.host}:{settings.tls_port}", flush=True)
+            print(f"audit repository: syslog over TLS at {settings.host}:{settings.tls_port} (no --tls-client-ca: "
+                  "any client is accepted)", flush=True)
         else:
             print("audit repository: no --tls-cert, so no TLS listener", flush=True)
         if settings.tcp_port:

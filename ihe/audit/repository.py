@@ -16,6 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
+from ihe import tls
 from ihe.audit.sender import ack_frame
 from ihe.audit.syslog import FrameReader, SyslogError, parse_syslog
 from ihe.xml import XMLRejected, parse_xml
@@ -140,8 +141,21 @@ class AuditReceiver:
         self.stored = 0
         self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
 
-    async def start_stream(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-        server = await asyncio.start_server(self._serve_stream, host, port, ssl=ssl_context, reuse_address=True)
+    async def start_stream(self, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                           node_tls: tls.NodeTls | None = None) -> None:
+        """A stream listener: plain, TLS with ``ssl_context`` (server-authenticated only), or mutual TLS with
+        ``node_tls`` through ihe.tls's handshake gate, which logs each refused client in one line (asyncio's
+        own TLS server drops a failed handshake silently)."""
+        if node_tls is None:
+            server = await asyncio.start_server(self._serve_stream, host, port, ssl=ssl_context, reuse_address=True)
+        else:
+            loop = asyncio.get_running_loop()
+
+            def factory() -> asyncio.StreamReaderProtocol:
+                return asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), self._serve_stream, loop=loop)
+
+            server = await tls.create_server(factory, host, port, node_tls, logger=log,
+                                             what=f"audit syslog-TLS port {port}")
         self.servers.append(server)
 
     async def start_udp(self, host: str, port: int) -> None:

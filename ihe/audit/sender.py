@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ihe import tls
 from ihe.audit.spool import Spool
 from ihe.audit.syslog import FrameReader, SyslogError, frame
 
@@ -75,6 +76,7 @@ class Sender:
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name="audit-sender", daemon=True)
         self.connected_once = False
+        self._acked_here = False  # an acknowledgement came on the current connection
 
     def start(self) -> None:
         self._thread.start()
@@ -121,6 +123,7 @@ class Sender:
             try:
                 if self._sock is None:
                     self._sock = self._connect()
+                    self._acked_here = False
                     if not self.connected_once or delay > 0.2:
                         log.info("audit: connected to %s://%s:%d", *self._destination_parts())
                     self.connected_once = True
@@ -128,8 +131,9 @@ class Sender:
                 delay = 0.2
             except (OSError, SyslogError) as exc:
                 self._close()
+                why = tls.reason(exc)  # a refused certificate, in words (not "[SSL] ..." codes)
                 log.warning("audit: %d records wait, repository %s://%s:%d not reachable: %s", len(self.spool),
-                            *self._destination_parts(), exc)
+                            *self._destination_parts(), f"TLS refused: {why}" if why else exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry_max)
 
@@ -156,11 +160,15 @@ class Sender:
         while True:
             data = self._sock.recv(65536)
             if not data:
-                raise ConnectionError("the repository closed the connection before acknowledging")
+                hint = ""
+                if self.destination.scheme == "tls" and not self._acked_here:  # TLS 1.3: a refused client
+                    hint = f" ({tls.CLOSED_AFTER_HANDSHAKE})"  # certificate shows only as this close
+                raise ConnectionError(f"the repository closed the connection before acknowledging{hint}")
             for message in reader.feed(data):
                 origin, seq = parse_ack(message)
                 if origin != self.spool.origin:
                     raise SyslogError(f"acknowledgement for another spool ({origin})")
                 self.spool.ack(seq)
+                self._acked_here = True
                 if seq >= last:
                     return

@@ -56,10 +56,12 @@ def make_certificates(folder: Path) -> Certificates:
 
 
 def start_audit_process(database_url: str, certs: Certificates, port: int | None = None,
-                        udp_port: int | None = None) -> RunningService:
-    """``xds-audit`` as a real process with a TLS listener (and UDP when asked)."""
+                        udp_port: int | None = None, client_ca: Path | None = None) -> RunningService:
+    """``xds-audit`` as a real process with a TLS listener (and UDP when asked; mutual TLS with ``client_ca``)."""
     port = port or free_port()
     extra = ["--udp-port", str(udp_port)] if udp_port else []
+    if client_ca is not None:
+        extra += ["--tls-client-ca", str(client_ca)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ihe.audit.cli", "--tls-port", str(port), "--tls-cert", str(certs.cert),
          "--tls-key", str(certs.key), "--database-url", database_url, *extra],

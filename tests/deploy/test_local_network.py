@@ -12,6 +12,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from lxml import html
 from consumer.client.query import find_documents
 from consumer.client.soap import SoapClient
 from ihe import tls
+from ihe.audit.syslog import frame
 from tests.conftest import ROOT
 from tests.deploy.helpers import Output, drop_databases, region_port_offset
 from tests.tls_support import RegionClient, make_test_pki, use_region
@@ -368,7 +370,35 @@ def test_insecure_says_so_at_start(postgres_admin_url, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "xds-local: --insecure: every service speaks plain HTTP, MLLP and DICOM" in proc.stderr, proc.stderr
+    assert "sends its audit records over plain TCP (unencrypted)" in proc.stderr, proc.stderr
     assert not (tmp_path / "tls").exists(), "no certificates are made for an insecure region"
+
+
+def test_insecure_audit_goes_over_plain_tcp_still_acknowledged_and_tls_over_the_regions_ca(tmp_path):
+    """Without certificates (--insecure) xds-audit listens on plain TCP and the senders use tcp:// (acknowledged:
+    nothing lost); with them, xds-audit has the audit node's certificate and requires the region's CA."""
+    from types import SimpleNamespace
+
+    from local_network import cli as region
+
+    args = SimpleNamespace(host="127.0.0.1", port_offset=0, database_prefix="x_", registry_port=8010, mllp_port=2575,
+                           data_dir=tmp_path, audit_port=6514, audit_transport="tls", insecure=True, xua="required",
+                           quiet_period=None, oidc_port=8070, pki=None, access_policy="off")
+    creds = region.security.prepare(tmp_path, audience="urn:oid:1.2.3")
+    network = region.services(args, "postgresql:///", creds)
+    audit = network[0].command
+    assert "--tcp-port" in audit and "--tls-cert" not in audit
+    registry = network[1].command
+    assert registry[registry.index("--audit-repository") + 1] == "tcp://127.0.0.1:6514"
+    args.insecure = False
+    args.pki = region.pki.ensure_region_pki(tmp_path, region.node_names())
+    network = region.services(args, "postgresql:///", creds)
+    audit = network[0].command
+    assert audit[audit.index("--tls-cert") + 1] == str(tmp_path / "tls" / "audit.crt")
+    assert audit[audit.index("--tls-client-ca") + 1] == str(tmp_path / "tls" / "ca.crt")
+    registry = network[1].command
+    assert registry[registry.index("--audit-repository") + 1] == "tls://127.0.0.1:6514"
+    assert registry[registry.index("--tls-cert") + 1] == str(tmp_path / "tls" / "registry.crt")
 
 
 def test_the_region_requires_xua_on_queries_and_allows_the_hospitals_nodes(network):
@@ -418,6 +448,40 @@ def test_every_service_audits_to_the_regions_repository_and_xds_audit_search_fin
     seen = search("--patient", nhs, "--event", "ITI-18", "--node", "registry")
     assert seen and all("ITI-18" in line and f"{nhs}^^^&{NHS_OID}&ISO" in line for line in seen)
     assert any("user=" in line and "<" in line for line in seen)  # the assertion's user, alias<user@issuer>
+
+
+def _audit_sender_refused(port: int, ca: str, cert=None) -> tuple[bool, int]:
+    """Send one syslog frame to xds-audit as a sender with ``cert`` (None: none); whether the repository refused
+    it (no acknowledgement, the connection closed or the handshake failed), and the sender's local port."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        ctx.load_cert_chain(cert.cert, cert.key)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        local_port = raw.getsockname()[1]
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(frame(b"<110>1 2026-12-06T12:00:00Z test sender - - - not stored"))
+                return sock.recv(100) == b"", local_port
+        except (ssl.SSLError, ConnectionError):
+            return True, local_port
+
+
+def test_the_audit_repository_requires_a_certificate_of_the_region_and_says_why_it_refused(network, tmp_path):
+    """RFC 5425 is mutual TLS: xds-audit listens with a node certificate of the region's CA (the senders check it
+    against that CA) and refuses a sender without a certificate, or with another CA's, with one line in its log."""
+    client = ready(network)
+    port = 6514 + network["offset"]
+    audit = network["data_dir"] / "tls" / "audit.crt"
+    assert audit.is_file() and not (network["data_dir"] / "security" / "audit-tls.pem").exists()
+    refused, local = _audit_sender_refused(port, str(client.ca))
+    assert refused
+    line = network["output"].wait_for(f"TLS connection from 127.0.0.1:{local} refused", 10)
+    assert f"audit syslog-TLS port {port}" in line and "presented no certificate" in line, line
+    stranger = make_test_pki(tmp_path, []).other_ca_node
+    refused, local = _audit_sender_refused(port, str(client.ca), stranger)
+    assert refused
+    line = network["output"].wait_for(f"TLS connection from 127.0.0.1:{local} refused", 10)
+    assert f"audit syslog-TLS port {port}" in line and "not issued by the affinity domain's CA" in line, line
 
 
 def test_a_second_copy_on_the_same_ports_says_so_in_one_line(network, tmp_path):

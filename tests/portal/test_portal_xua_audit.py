@@ -32,7 +32,7 @@ from consumer.portal.xua import Caller, PortalXua
 from ihe.metadata.model import Identifiable, ReferenceId
 from ihe.xua.assertion import build_assertion, security_header
 from local_network import security
-from tests.audit.support import Certificates, fetch, migrate_audit, start_audit_process
+from tests.audit.support import fetch, make_certificates, migrate_audit, start_audit_process
 from tests.conftest import RunningService, free_port, start_registry_process
 from tests.imaging_source.conftest import sample_path, send_with_pynetdicom, start_imaging_source
 from tests.messages import FIND_DOCUMENTS, quoted, stored_query_envelope
@@ -122,7 +122,8 @@ async def _adt(port: int, cx: str) -> str:
 @pytest.fixture(scope="module")
 def region(registry_database_url, new_imaging_database, iam_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("xua-audit")
-    creds = security.prepare(tmp, audience=AUDIENCE, audit_host="127.0.0.1")
+    creds = security.prepare(tmp, audience=AUDIENCE)
+    audit_certs = make_certificates(tmp / "audit-tls")
     migrate_audit(registry_database_url)
     started: list[RunningService] = []
     tag = uuid.uuid4().hex[:8]
@@ -130,15 +131,14 @@ def region(registry_database_url, new_imaging_database, iam_server, tmp_path_fac
     pacs.start()
 
     def audit_args(node: str) -> tuple[str, ...]:
-        return ("--audit-repository", audit.url, "--audit-ca-file", str(creds.audit_cert), "--audit-spool-dir",
+        return ("--audit-repository", audit.url, "--audit-ca-file", str(audit_certs.ca), "--audit-spool-dir",
                 str(tmp / f"spool-{node}"), "--audit-source-id", f"{node}-{tag}")
 
     def xua_args(kind: str) -> tuple[str, ...]:
         return ("--xua", "required", "--xua-trust", str(creds.trust_files[kind]))
 
     try:
-        audit = start_audit_process(registry_database_url, Certificates(creds.audit_cert, creds.audit_cert,
-                                                                        creds.audit_key))
+        audit = start_audit_process(registry_database_url, audit_certs)
         started.append(audit)
         registry = start_registry_process(registry_database_url, *xua_args("registry"), *audit_args("registry"))
         started.append(registry)
