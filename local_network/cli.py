@@ -317,7 +317,8 @@ def portal_service(wiring: PortalWiring) -> Service:
         "--affinity-domain-oid", NHS_NUMBER_OID,
         "--registry-mllp", f"{wiring.registry_mllp[0]}:{wiring.registry_mllp[1]}",
         "--oidc-issuer", wiring.oidc_issuer, "--oidc-client-id", client["client_id"],
-        "--oidc-client-secret", client["client_secret"], "--oidc-redirect-url", client["redirect_uri"],
+        # one argument with '=': a generated secret may start with '-', which argparse takes for an option
+        f"--oidc-client-secret={client['client_secret']}", "--oidc-redirect-url", client["redirect_uri"],
         "--oidc-role-claim", "groups", "--oidc-organisation-claim", "groups:org-",
         "--imaging-sources", ";".join(f"{name}|{root}" for name, root in wiring.imaging_sources.items()),
         "--admin-role", "clinician",  # the demo user may open the registry browser and the audit search
