@@ -90,14 +90,16 @@ def access_policy_file(data_dir: Path, insecure: bool = False) -> Path:
               'class-codes = ["SH^^^1.3.6.1.4.1.21367.2026.0.1"]',
               f'organisations = ["{organisation_id(HOSPITALS[2])}"]', ""]
     lines += ["# The region's nodes by certificate (mutual TLS): a hospital's repository and imaging source act for",
-              "# that hospital and ask the registry for decisions (/policy/decisions); the portal asks the",
-              "# patient-level endpoints for its signed-in users (their XUA assertion names them), so it has no",
-              "# organisation of its own; the registry calls nothing the policy guards.", ""]
+              "# that hospital and ask the registry for decisions (/policy/decisions); the portal asks for its",
+              "# signed-in users (decisions before opening a report or study, and the patient-level and break-glass",
+              "# endpoints), whose XUA assertion names them, so it has no organisation of its own; the registry",
+              "# calls nothing the policy guards.", ""]
     for h in HOSPITALS:
         for kind in ("repository", "imaging"):
             lines += ["[[nodes]]", f'certificate-cn = "{pki.common_name(f"{h.name}-{kind}")}"',
                       f'organisation = "{organisation_id(h)}"', 'policy-endpoints = ["decisions"]', ""]
-    lines += ["[[nodes]]", f'certificate-cn = "{pki.common_name("portal")}"', 'policy-endpoints = ["portal"]', ""]
+    lines += ["[[nodes]]", f'certificate-cn = "{pki.common_name("portal")}"',
+              'policy-endpoints = ["decisions", "portal"]', ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -33,7 +33,7 @@ Example (``docs/examples/access-policy.toml``)::
     certificate-cn = "hospital-a-repository"  # or certificate-sha256 = "<64 hex digits>"
     organisation = "1.3.6.1.4.1.21367.2026.1"
     role = "..."                            # optional: the role it acts in (restrictions' roles)
-    policy-endpoints = ["decisions"]        # may ask the registry's /policy/decisions (portal: /policy/patient, ...)
+    policy-endpoints = ["decisions"]        # may ask /policy/decisions ("portal": /policy/patient, break-glass, grants)
 
     [[nodes]]                               # or by address (plain TCP, or no certificate entry matches)
     network = "10.1.0.0/16"

@@ -79,7 +79,7 @@ def test_xds_local_writes_deny_with_its_nodes_and_permit_only_when_insecure(tmp_
             assert node is not None and node.organisation == cli.organisation_id(h)
             assert node.policy_endpoints == {"decisions"}
     portal = [n for n in secure.nodes if n.certificate_cn == pki.common_name("portal")]
-    assert len(portal) == 1 and portal[0].organisation is None and portal[0].policy_endpoints == {"portal"}
+    assert len(portal) == 1 and portal[0].organisation is None and portal[0].policy_endpoints == {"decisions", "portal"}
     assert cli.anonymous_note(cli.access_policy_file(tmp_path / "tls"), False) is None
     insecure = cli.access_policy_file(tmp_path / "plain", insecure=True)
     assert load_policy_file(insecure).anonymous.value == "permit"
