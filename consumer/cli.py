@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from consumer.client.soap import SoapClient, SoapFaultError, TransportError
+from ihe import tls
+from ihe.tls import TLS_OPTIONS
 
 Subcommand = Callable[[argparse._SubParsersAction], None]
 SUBCOMMANDS: list[Subcommand] = []
@@ -393,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "documents (ITI-18), retrieve them (ITI-43), remove them (ITI-62, ITI-86). Run "
                     "'xds-consumer COMMAND --help' for each command.",
         epilog="Environment: XDS_CONSUMER_REPOSITORY_URL, XDS_CONSUMER_REPOSITORY_UNIQUE_ID, XDS_CONSUMER_SOURCE_ID, "
-               "XDS_CONSUMER_REGISTRY_URL, XDS_CONSUMER_AFFINITY_DOMAIN_OID, XDS_CONSUMER_PIX_ADDRESS.")
+               "XDS_CONSUMER_REGISTRY_URL, XDS_CONSUMER_AFFINITY_DOMAIN_OID, XDS_CONSUMER_PIX_ADDRESS, "
+               "XDS_CONSUMER_TLS_CERT, XDS_CONSUMER_TLS_KEY, XDS_CONSUMER_TLS_CA, XDS_CONSUMER_TLS_PIN.")
+    for opt in TLS_OPTIONS:  # before the command: e.g. xds-consumer --tls-cert node.crt ... find ...
+        parser.add_argument(f"--{opt.name}", dest=opt.dest, default=_env(opt.dest.upper()), help=opt.help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in SUBCOMMANDS:
         register(sub)
@@ -402,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if problem := tls.startup_problem(args):  # https:// endpoints, MLLP and DICOM over mutual TLS
+        print(f"xds-consumer: {problem}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

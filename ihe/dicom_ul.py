@@ -43,6 +43,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from ihe import tls
+
 log = logging.getLogger(__name__)
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -148,8 +150,19 @@ class Acceptor:
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None,
-                    reuse_port: bool = False) -> asyncio.Server:
-        """Listen (``ssl`` for DICOM over TLS, PS3.15 B.1); stop with :meth:`stop`."""
+                    reuse_port: bool = False, node_tls: tls.NodeTls | None = None,
+                    what: str = "DICOM") -> asyncio.Server:
+        """Listen (``ssl`` for DICOM over TLS, PS3.15 B.1; ``node_tls`` for the node's mutual TLS, whose
+        refusals are logged in one line, see ihe.tls); stop with :meth:`stop`."""
+        if node_tls is not None:
+            loop = asyncio.get_running_loop()
+
+            def streams() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds per connection
+                return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=2 * READ_CHUNK, loop=loop),
+                                                    self._connection, loop=loop)
+
+            return await tls.create_server(streams, host, port, node_tls, logger=log, what=what,
+                                           reuse_port=reuse_port, backlog=128)
         return await asyncio.start_server(self._connection, host, port, ssl=ssl, reuse_port=reuse_port,
                                           limit=2 * READ_CHUNK, backlog=128)
 

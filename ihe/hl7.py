@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import hl7
 from hl7.mllp import open_hl7_connection
 
+from ihe import tls
 from ihe.metadata.model import Identifiable
 
 SUPPORTED_VERSIONS = frozenset({"2.3.1", "2.5", "2.5.1"})
@@ -315,11 +317,18 @@ async def mllp_request(host: str, port: int, message: str, timeout: float) -> by
     """Send one HL7 message over MLLP and return the answer's block; the caller maps the failures
     (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) to its transaction's error."""
     async with asyncio.timeout(timeout):
-        reader, writer = await open_hl7_connection(host, port, limit=MAX_MESSAGE_BYTES)
+        try:
+            reader, writer = await open_hl7_connection(host, port, limit=MAX_MESSAGE_BYTES,
+                                                       **tls.connect_kwargs(host))
+            tls.check_server(writer, host, port)
+        except (ssl.SSLError, tls.PeerRefused) as exc:
+            raise ConnectionError(tls.explain(exc, f"{host}:{port}")) from None
         try:
             writer.writeblock(message.encode("utf-8"))
             await writer.drain()
             return await reader.readblock()
+        except ssl.SSLError as exc:  # TLS 1.3: a refused client certificate shows on the first read
+            raise ConnectionError(tls.explain(exc, f"{host}:{port}")) from None
         finally:
             writer.close()
 

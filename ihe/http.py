@@ -110,6 +110,7 @@ class SoapService:
                                              self.max_body_bytes)
         soap = parse_envelope(root)
         soap.attachments = attachments
+        soap.remote = request.remote
         request[SOAP_REQUEST] = soap
         soap.identity = enforce_soap(request, root, soap.action)  # XUA, per the app's policy (ihe.xua.web.install)
         return soap

@@ -61,6 +61,8 @@ class SoapRequest:
     attachments: dict[str, object] = field(default_factory=dict)
     # The caller's validated XUA identity (ihe.xua.XuaIdentity) when the endpoint's policy checks one.
     identity: object | None = None
+    # The caller's network address (the access policy's node identity when no XUA identity is given).
+    remote: str | None = None
 
 
 def parse_envelope(root: etree._Element) -> SoapRequest:

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import install_xua_alerts
 from ihe.audit.middleware import DicomAudit, audit_middlewares
@@ -36,7 +37,11 @@ async def open_source(settings: ImagingSourceSettings, database_url: str) -> Ima
     swept = await asyncio.to_thread(storage.sweep_incoming)
     if swept:
         log.warning("removed %d half-received instance files left by an earlier stop", swept)
-    return ImagingSource(settings=settings, pool=pool, storage=storage)
+    source = ImagingSource(settings=settings, pool=pool, storage=storage)
+    from imaging_source.access import open_policy
+
+    open_policy(source)
+    return source
 
 
 def _json_safe(row: dict) -> dict:
@@ -69,6 +74,15 @@ def build_app(source: ImagingSource) -> web.Application:
                           middlewares=audit_middlewares(source.extras.get("auditor")))
     xua.install(app, load_policy(source.settings.xua, source.settings.xua_trust),
                 http_prefixes=(wado_uri.PATH, wado_rs.PREFIX))
+    from imaging_source.access import guard, policy_of
+
+    app.middlewares.append(guard(source, (wado_uri.PATH, wado_rs.PREFIX)))  # after XUA: the identity is known
+
+    async def close_policy(_app: web.Application) -> None:
+        if (policy := policy_of(source)) is not None:
+            await policy.close()
+
+    app.on_cleanup.append(close_policy)
     app.router.add_post(rad69.PATH, rad69.build_handler(source))
     app.router.add_routes(wado_uri.build_routes(source))
     app.router.add_routes(wado_rs.build_routes(source))
@@ -99,18 +113,18 @@ async def serve(settings: ImagingSourceSettings, database_url: str, ready: async
     dicom_audit = DicomAudit(auditor, settings.ae_title, settings.dicom_host) if auditor is not None else None
     runner = web.AppRunner(build_app(source), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = tls.site(runner, settings.host, settings.port, tls.node(), reuse_port=True)
     await site.start()
     tracker = Tracker(source)
     # C-STORE ingest: one audit record per association
     scp = await start_storage_scp(source.storage, source.pool, scp_config(settings), audit=dicom_audit,
-                                  shared_port=settings.dicom_workers > 1)
+                                  shared_port=settings.dicom_workers > 1, node_tls=tls.node())
     workers = start_workers(settings, database_url) if settings.dicom_workers > 1 else []
     task = asyncio.create_task(tracker.run())
     print(f"imaging source: HTTP (RAD-69 {rad69.PATH}, WADO-URI {wado_uri.PATH}, WADO-RS {wado_rs.PREFIX}, /status) "
-          f"at http://{settings.host}:{settings.port}", flush=True)
-    print(f"imaging source: DICOM Storage SCP {settings.ae_title} at {settings.dicom_host}:{settings.dicom_port}",
-          flush=True)
+          f"at {tls.scheme()}://{settings.host}:{settings.port}", flush=True)
+    print(f"imaging source: DICOM Storage SCP {settings.ae_title} at {settings.dicom_host}:{settings.dicom_port}"
+          f"{' over mutual TLS' if tls.node() else ''}", flush=True)
     if ready is not None:
         ready.set()
     try:

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ihe import tls
 from ihe.config import build_parser, resolve
 from ihe.database import resolve_database_url
 from ihe.xua.policy import policy_problem
@@ -99,7 +100,7 @@ async def _retry(settings: ImagingSourceSettings, database_url: str, study_uids:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = ImagingSourceSettings.from_dict(resolve("imaging-source", OPTIONS, args))
-    if problem := policy_problem(settings.xua, settings.xua_trust):
+    if problem := policy_problem(settings.xua, settings.xua_trust) or tls.startup_problem(settings):
         print(f"xds-imaging-source: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -852,6 +852,9 @@ def build_routes(source: ImagingSource) -> web.RouteTableDef:
             results = await search_series(source, query, params, scope)
         else:
             results = await search_instances(source, query, params, scope)
+        from imaging_source.access import filter_results
+
+        results = await filter_results(source, request, results)  # the access policy: only permitted studies
         headers = {}
         if query.warnings:
             service = source.settings.wado_rs_url

@@ -31,6 +31,7 @@ from ihe.namespaces import ACTION_RAD69, ACTION_RAD69_RESPONSE, XDSB, XDSI, qn
 from ihe.soap import FAULT_RECEIVER, FAULT_SENDER, WSA_ACTION_NOT_SUPPORTED, SoapFault, build_envelope, build_fault
 from ihe.xml import text_of
 from imaging_source import store
+from imaging_source.access import policy_of, study_decisions
 from imaging_source.context import ImagingSource
 from imaging_source.pixels import PixelError, can_supply, transcode
 from imaging_source.storage import StorageError
@@ -165,6 +166,13 @@ def build_handler(source: ImagingSource):
             async with source.pool.acquire() as conn:
                 rows = await store.find_instances(conn, [d.document_unique_id for d in imaging_request.documents])
             answers, errors = resolve(imaging_request, rows, repository_id)
+            if policy_of(source) is not None:  # the access policy, per study: denied instances are errors
+                decisions = await study_decisions(source, request, [a.request.study_uid for a in answers])
+                refused = [a for a in answers if not decisions[a.request.study_uid].permit]
+                errors += [error(ErrorCode.DOCUMENT_UNIQUE_ID_ERROR, f"SOP instance {a.request.document_unique_id} "
+                                 f"is not available to this requester: {decisions[a.request.study_uid].reason}",
+                                 a.request.document_unique_id) for a in refused]
+                answers = [a for a in answers if decisions[a.request.study_uid].permit]
             ok = []
             for answer in answers:
                 stored_ts = rows[answer.request.document_unique_id]["transfer_syntax_uid"]

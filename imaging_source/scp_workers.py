@@ -16,6 +16,7 @@ import multiprocessing
 import os
 from multiprocessing.process import BaseProcess
 
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.middleware import DicomAudit
 from ihe.database import create_pool
@@ -53,6 +54,7 @@ def stop_workers(workers: list[BaseProcess]) -> None:
 
 def _worker(settings: ImagingSourceSettings, database_url: str, parent: int) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls.configure(settings)  # checked by the main process already
     with contextlib.suppress(KeyboardInterrupt):
         run(_serve(settings, database_url, parent))
 
@@ -64,7 +66,7 @@ async def _serve(settings: ImagingSourceSettings, database_url: str, parent: int
     auditor = open_auditor(settings, "xds-imaging-source")  # a spool folder of its own (Spool.open_slot)
     audit = DicomAudit(auditor, settings.ae_title, settings.dicom_host) if auditor is not None else None
     scp = await start_storage_scp(FileStorage(settings.storage_dir), pool, scp_config(settings), audit=audit,
-                                  shared_port=True)
+                                  shared_port=True, node_tls=tls.node())
     try:
         while os.getppid() == parent:
             await asyncio.sleep(1)

@@ -8,13 +8,14 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
 OPTIONS: list[Option] = [
     Option("host", "address to listen on for HTTP (RAD-69, WADO-URI, WADO-RS, status page)", "127.0.0.1"),
     Option("port", "HTTP port (RAD-69 at /rad69, WADO-URI at /wado, WADO-RS under /dicomweb)", 8040, int),
     Option("public-url", "base URL other hospitals reach this source by (e.g. https://pacs.example.org); "
-           "default http://HOST:PORT. The WADO-RS Retrieve URL in manifests is PUBLIC-URL/dicomweb"),
+           "default http(s)://HOST:PORT. The WADO-RS Retrieve URL in manifests is PUBLIC-URL/dicomweb"),
     Option("ae-title", "DICOM AE title of the Storage SCP (also the Retrieve AE Title in manifests)", "XDSI_SOURCE"),
     Option("dicom-host", "address the DICOM Storage SCP listens on", "127.0.0.1"),
     Option("dicom-port", "DICOM port of the Storage SCP (C-ECHO, C-STORE)", 11112, int),
@@ -65,7 +66,13 @@ OPTIONS: list[Option] = [
            "sent) or off (mutual TLS alone)", "off", xua_mode),
     Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
            None, Path),
+    Option("access-policy-url", "the registry's access decision endpoint (http://REGISTRY:8010/policy/decisions); "
+           "when set every retrieval is asked there first and refused when denied; when absent there is no access "
+           "policy"),
+    Option("access-policy-cache", "seconds a permit of the access policy is reused for the same requester and "
+           "document or study (a viewer asks for every frame); denials are never reused", 10.0, float),
     *AUDIT_OPTIONS,
+    *TLS_OPTIONS,
 ]
 
 
@@ -108,6 +115,8 @@ class ImagingSourceSettings:
     log_level: str = "INFO"
     xua: str = "off"
     xua_trust: Path | None = None
+    access_policy_url: str | None = None
+    access_policy_cache: float = 10.0
 
     audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
     audit_spool_dir: Path | None = None
@@ -116,13 +125,18 @@ class ImagingSourceSettings:
     audit_source_id: str | None = None
     audit_ack: str = "repository"
 
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ImagingSourceSettings:
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return (self.public_url or f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def wado_rs_url(self) -> str:

@@ -32,6 +32,7 @@ from pynetdicom import (
 )
 from pynetdicom.presentation import PresentationContext, build_context
 
+from ihe import tls
 from ihe.audit.middleware import REFUSED, DicomAudit
 from ihe.dicom_ul import VERIFICATION, Acceptor, AcceptorConfig, Association, DatasetSink, Refused
 from imaging_source.group_commit import GroupCommitWriter
@@ -83,11 +84,13 @@ class StorageSCP:
                                                 max_associations=config.max_associations), self)
         self.server: asyncio.Server | None = None
 
-    async def start(self, *, shared_port: bool = False, ssl: ssl_module.SSLContext | None = None) -> None:
+    async def start(self, *, shared_port: bool = False, ssl: ssl_module.SSLContext | None = None,
+                    node_tls: tls.NodeTls | None = None) -> None:
         """Listen; ``shared_port`` lets several processes bind the port (SO_REUSEPORT, see scp_workers),
-        ``ssl`` serves DICOM over TLS."""
+        ``ssl`` serves DICOM over TLS, ``node_tls`` over the node's mutual TLS (ihe.tls)."""
         self.writer.start()
-        self.server = await self.acceptor.start(self.config.host, self.config.port, ssl=ssl, reuse_port=shared_port)
+        self.server = await self.acceptor.start(self.config.host, self.config.port, ssl=ssl, reuse_port=shared_port,
+                                                node_tls=node_tls, what=f"DICOM {self.config.ae_title}")
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -294,9 +297,10 @@ def part10_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> byte
 
 async def start_storage_scp(storage: FileStorage, pool: asyncpg.Pool, config: StorageSCPConfig, *,
                             audit: DicomAudit | None = None, shared_port: bool = False,
-                            ssl: ssl_module.SSLContext | None = None) -> StorageSCP:
-    """Listen on the running loop; stop with ``await scp.stop()``."""
+                            ssl: ssl_module.SSLContext | None = None,
+                            node_tls: tls.NodeTls | None = None) -> StorageSCP:
+    """Listen on the running loop; stop with ``await scp.stop()``. ``node_tls``: DICOM over mutual TLS (ITI-19)."""
     scp = StorageSCP(storage, pool, config, audit)
-    await scp.start(shared_port=shared_port, ssl=ssl)
+    await scp.start(shared_port=shared_port, ssl=ssl, node_tls=node_tls)
     return scp
 

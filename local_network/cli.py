@@ -19,12 +19,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from ihe import tls
 from ihe.database import resolve_database_url
-from local_network import oidc_provider, security
+from local_network import oidc_provider, pki, security
 from local_network.readiness import Listener, port_in_use, ready
 
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
@@ -50,6 +52,54 @@ HOSPITALS = (
     Hospital("hospital-c", "HOSPC", "1.3.6.1.4.1.21367.2026.3.1", "1.3.6.1.4.1.21367.2026.3.2", 8022, 8042, 11114,
              "HOSPC_XDSI"),
 )
+
+
+def organisation_id(h: Hospital) -> str:
+    """The hospital's organisation OID (its hospital-number OID's parent), as XUA assertions name it."""
+    return h.hospital_number_oid.rsplit(".", 1)[0]
+
+
+def access_policy_file(data_dir: Path) -> Path:
+    """The region's access policy (ihe.policy.config), written at the first start; edit it to change the rules.
+
+    Relationships come from each hospital's own ADT feed (MSH-4 its namespace), as the demo data sends them.
+    ``anonymous = "permit"``: on one machine every service calls from 127.0.0.1, so a request without an XUA
+    identity cannot be told from the services' own (a repository settling a submission, the demo loader);
+    requests that carry an identity (the portal's, with XUA) are decided by the rules. Set it to "deny" once
+    every caller is named (XUA required, mutual TLS)."""
+    path = data_dir / "policy" / "access-policy.toml"
+    if path.exists():
+        return path
+    lines = ["# xds-local's access policy (see README: access policy). Written once; edit freely.",
+             'anonymous = "permit"', "relationship-days-after-discharge = 30", "referral-days = 90",
+             "break-glass-minutes = 240", "break-glass-when-opted-out = false", ""]
+    for h in HOSPITALS:
+        lines += ["[[organisations]]", f'id = "{organisation_id(h)}"',
+                  f'names = ["{h.name}", "Hospital {h.name[-1].upper()}"]',
+                  f'repositories = ["{h.repository_unique_id}"]', f'feeds = ["{h.namespace}"]', ""]
+    lines += ["# Example: sexual health reports only for hospital C", "[[restrictions]]", 'name = "sexual health"',
+              'class-codes = ["SH^^^1.3.6.1.4.1.21367.2026.0.1"]',
+              f'organisations = ["{organisation_id(HOSPITALS[2])}"]', ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def scheme(args: argparse.Namespace) -> str:
+    """The region's HTTP scheme: mutual TLS unless --insecure."""
+    return "http" if args.insecure else "https"
+
+
+def node_names() -> list[str]:
+    """Every node that gets a certificate: the services, and xds-local itself (readiness probes, demo loader)."""
+    return ["registry", *(f"{h.name}-{kind}" for h in HOSPITALS for kind in ("repository", "imaging")), "portal",
+            "xds-local"]
+
+
+def tls_args(args: argparse.Namespace, node: str) -> list[str]:
+    """The node's --tls-* options (none with --insecure, or before the certificates exist)."""
+    pki = getattr(args, "pki", None)
+    return [] if pki is None else pki.nodes[node].args()
 
 
 def database_url(server_url: str, name: str) -> str:
@@ -101,7 +151,10 @@ def services(args: argparse.Namespace, server_url: str,
              creds: security.RegionCredentials | None = None) -> list[Service]:
     """The region's services; ``creds`` (None only to list the ports) adds XUA and audit options."""
     host, o, prefix = args.host, args.port_offset, args.database_prefix
-    registry_url = f"http://{host}:{args.registry_port + o}/registry"
+    registry_url = f"{scheme(args)}://{host}:{args.registry_port + o}/registry"
+    policy = (["--access-policy", str(access_policy_file(args.data_dir))] if args.access_policy == "on" else [])
+    decisions = (["--access-policy-url", f"{scheme(args)}://{host}:{args.registry_port + o}/policy/decisions"]
+                 if args.access_policy == "on" else [])
     py = sys.executable
     audit_port = args.audit_port + o
     # Syslog over TLS always (readiness probes it); with --audit-transport udp also UDP on the same port number.
@@ -116,7 +169,7 @@ def services(args: argparse.Namespace, server_url: str,
         py, "-m", "registry.cli", "--host", host, "--port", str(args.registry_port + o), "--mllp-host", host,
         "--mllp-port", str(args.mllp_port + o), "--database-url", database_url(server_url, f"{prefix}registry"),
         "--affinity-domain-oid", NHS_NUMBER_OID, *xua_args(args, creds, "registry"),
-        *audit_args(args, creds, "registry")], f"{prefix}registry",
+        *audit_args(args, creds, "registry"), *tls_args(args, "registry"), *policy], f"{prefix}registry",
         (Listener("HTTP", args.registry_port + o), Listener("MLLP", args.mllp_port + o))))
     for h in HOSPITALS:
         db = prefix + h.name.replace("-", "_")
@@ -125,7 +178,8 @@ def services(args: argparse.Namespace, server_url: str,
             "--repository-unique-id", h.repository_unique_id, "--registry-url", registry_url,
             "--storage-dir", str(args.data_dir / h.name / "documents"),
             "--database-url", database_url(server_url, f"{db}_repository"), *xua_args(args, creds, "repository"),
-            *audit_args(args, creds, f"{h.name}-repository")], f"{db}_repository",
+            *audit_args(args, creds, f"{h.name}-repository"), *tls_args(args, f"{h.name}-repository"), *decisions],
+            f"{db}_repository",
             (Listener("HTTP", h.repository_port + o),)))
         found.append(Service(f"{h.name} imaging source", [
             py, "-m", "imaging_source.cli", "serve", "--host", host, "--port", str(h.imaging_port + o),
@@ -133,16 +187,17 @@ def services(args: argparse.Namespace, server_url: str,
             "--storage-dir", str(args.data_dir / h.name / "images"),
             "--database-url", database_url(server_url, f"{db}_imaging"),
             "--repository-unique-id", h.repository_unique_id,
-            "--repository-url", f"http://{host}:{h.repository_port + o}/repository",
+            "--repository-url", f"{scheme(args)}://{host}:{h.repository_port + o}/repository",
             "--registry-url", registry_url,
             "--patient-id-issuer-oid", h.hospital_number_oid, "--patient-id-issuer-namespace", h.namespace,
             "--affinity-domain-oid", NHS_NUMBER_OID, "--pix-host", host, "--pix-port", str(args.mllp_port + o),
             *(["--quiet-period", str(args.quiet_period)] if args.quiet_period is not None else []),
-            *xua_args(args, creds, "imaging"), *audit_args(args, creds, f"{h.name}-imaging")], f"{db}_imaging",
+            *xua_args(args, creds, "imaging"), *audit_args(args, creds, f"{h.name}-imaging"),
+            *tls_args(args, f"{h.name}-imaging"), *decisions], f"{db}_imaging",
             (Listener("HTTP", h.imaging_port + o), Listener("DICOM", h.dicom_port + o, h.ae_title))))
     oidc_port = args.oidc_port + o
     found.append(Service("OpenID Connect provider", [], None, (
-        Listener("HTTP", oidc_port, path=oidc_provider.DISCOVERY_PATH),)))
+        Listener("HTTP", oidc_port, path=oidc_provider.DISCOVERY_PATH, plain=True),)))
     return found
 
 
@@ -156,7 +211,7 @@ def with_oidc(network: list[Service], provider: oidc_provider.OidcProvider, host
 class PortalWiring:
     """Everything the portal needs from the region, in one place."""
 
-    url: str  # where the portal listens, e.g. http://127.0.0.1:8090/
+    url: str  # where the portal listens, e.g. https://127.0.0.1:8090/
     host: str
     port: int
     registry_url: str  # ITI-18
@@ -168,6 +223,8 @@ class PortalWiring:
     database: str  # the name of its database on the region's PostgreSQL server
     database_url: str  # and its URL
     data_dir: Path
+    tls: list[str]  # its --tls-* options (empty with --insecure)
+    access_policy_url: str | None = None  # the registry's /policy endpoints when the access policy is on
     credentials: security.RegionCredentials | None = None  # its XUA signing key; the audit TLS certificate
     audit_args: tuple[str, ...] = ()  # where it sends its audit records
     audit_database_url: str | None = None  # what its admin page's audit search reads
@@ -178,14 +235,19 @@ def portal_wiring(args: argparse.Namespace, server_url: str, provider: oidc_prov
     host, o = args.host, args.port_offset
     return PortalWiring(
         url=portal_url(args), host=host, port=args.portal_port + o,
-        registry_url=f"http://{host}:{args.registry_port + o}/registry", registry_mllp=(host, args.mllp_port + o),
-        repositories={h.repository_unique_id: f"http://{host}:{h.repository_port + o}/repository" for h in HOSPITALS},
-        imaging_sources={h.name: f"http://{host}:{h.imaging_port + o}" for h in HOSPITALS},
+        registry_url=f"{scheme(args)}://{host}:{args.registry_port + o}/registry",
+        registry_mllp=(host, args.mllp_port + o),
+        repositories={h.repository_unique_id: f"{scheme(args)}://{host}:{h.repository_port + o}/repository"
+                      for h in HOSPITALS},
+        imaging_sources={h.name: f"{scheme(args)}://{host}:{h.imaging_port + o}" for h in HOSPITALS},
+        tls=tls_args(args, "portal"),
         oidc_issuer=provider.issuer, oidc_client_file=provider.client_file,
         database=f"{args.database_prefix}portal",
         database_url=database_url(server_url, f"{args.database_prefix}portal"), data_dir=args.data_dir / "portal",
         credentials=creds, audit_args=tuple(audit_args(args, creds, "portal")),
-        audit_database_url=database_url(server_url, f"{args.database_prefix}audit") if creds else None)
+        audit_database_url=database_url(server_url, f"{args.database_prefix}audit") if creds else None,
+        access_policy_url=(f"{scheme(args)}://{host}:{args.registry_port + o}/policy" if args.access_policy == "on"
+                           else None))
 
 
 def portal_service(wiring: PortalWiring) -> Service:
@@ -207,6 +269,8 @@ def portal_service(wiring: PortalWiring) -> Service:
         "--admin-role", "clinician",  # the demo user may open the registry browser and the audit search
         *xua_signing_args(wiring), *wiring.audit_args,
         *(["--audit-database-url", wiring.audit_database_url] if wiring.audit_database_url else []),
+        *wiring.tls,
+        *(["--access-policy-url", wiring.access_policy_url] if wiring.access_policy_url else []),
     ], wiring.database, (Listener("HTTP", wiring.port, path="/health"),))
 
 
@@ -224,20 +288,22 @@ def xua_signing_args(wiring: PortalWiring) -> list[str]:
 
 def portal_url(args: argparse.Namespace) -> str:
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1"}.get(args.host, args.host)
-    return f"http://{host}:{args.portal_port + args.port_offset}/"
+    return f"{scheme(args)}://{host}:{args.portal_port + args.port_offset}/"
 
 
 def endpoints(args: argparse.Namespace) -> str:
     host, o = args.host, args.port_offset
-    lines = [f"registry            ITI-42/ITI-18  http://{host}:{args.registry_port + o}/registry  (WSDL: ?wsdl)",
-             f"                    ITI-8/ITI-9    mllp://{host}:{args.mllp_port + o}  "
+    mllp, dicom = ("mllp", "DICOM") if args.insecure else ("mllps", "DICOM/TLS")  # MLLP and DICOM over TLS
+    lines = [f"registry            ITI-42/ITI-18  {scheme(args)}://{host}:{args.registry_port + o}/registry  "
+             "(WSDL: ?wsdl)",
+             f"                    ITI-8/ITI-9    {mllp}://{host}:{args.mllp_port + o}  "
              f"(affinity domain {NHS_NUMBER_OID})"]
     for h in HOSPITALS:
-        web = f"http://{host}:{h.imaging_port + o}"
+        web = f"{scheme(args)}://{host}:{h.imaging_port + o}"
         lines += [
-            f"{h.name:<19} repository     http://{host}:{h.repository_port + o}/repository  "
+            f"{h.name:<19} repository     {scheme(args)}://{host}:{h.repository_port + o}/repository  "
             f"(repositoryUniqueId {h.repository_unique_id})",
-            f"{'':<19} imaging        DICOM {h.ae_title}@{host}:{h.dicom_port + o}  RAD-69 {web}/rad69  "
+            f"{'':<19} imaging        {dicom} {h.ae_title}@{host}:{h.dicom_port + o}  RAD-69 {web}/rad69  "
             f"WADO-RS {web}/dicomweb  status {web}/status",
             f"{'':<19} hospital numbers: {h.namespace} (assigning authority {h.hospital_number_oid})",
         ]
@@ -288,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds without a new instance before an imaging source publishes a study's manifest "
                              "(the imaging sources' default when absent)")
     parser.add_argument("--no-demo-data", action="store_true", help="do not load the demo patients and studies")
+    parser.add_argument("--access-policy", choices=("on", "off"), default="on",
+                        help="the regional access policy (DATA-DIR/policy/access-policy.toml, written at the first "
+                             "start): relationships from the hospitals' ADT feeds, opt-outs, break-glass")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plain HTTP, MLLP and DICOM between the services (no TLS, no certificates): for "
+                             "experiments only; by default every service speaks mutual TLS with certificates from "
+                             "a local CA kept in DATA_DIR/tls")
     parser.add_argument("--ready-timeout", type=float, default=180.0,
                         help="seconds every service has to become ready before everything is stopped")
     args = parser.parse_args(argv)
@@ -308,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
+    try:
+        args.pki = None if args.insecure else region_pki(args)
+    except (OSError, ValueError, tls.TlsSetupError) as exc:
+        print(f"xds-local: cannot set up the region's certificates in {args.data_dir / 'tls'}: {exc}",
+              file=sys.stderr)
+        return 1
+    if args.insecure:
+        print("xds-local: --insecure: every service speaks plain HTTP, MLLP and DICOM, without TLS or client "
+              "certificates; for experiments only, never with real patient data", file=sys.stderr, flush=True)
     try:
         provider = oidc_provider.prepare(args.data_dir, args.host, args.oidc_port + args.port_offset, portal_url(args))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -347,6 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def region_pki(args: argparse.Namespace) -> pki.RegionPki:
+    """The local CA and every node's certificate (made at the first start, then reused); xds-local's own
+    becomes this process's TLS identity for the readiness probes."""
+    region = pki.ensure_region_pki(args.data_dir, node_names(), (args.host,))
+    if region.created:
+        print(f"xds-local: made TLS certificates in {region.folder}: {', '.join(region.created)}", flush=True)
+    tls.configure(SimpleNamespace(**region.nodes["xds-local"].as_dict()))
+    return region
+
+
 @dataclass(slots=True)
 class Region:
     provider: oidc_provider.OidcProvider
@@ -356,12 +448,14 @@ class Region:
 def demo_loader(args: argparse.Namespace) -> subprocess.Popen:
     """The demo data loader as a child (it resumes an interrupted load, and does nothing once loaded)."""
     host, o = args.host, args.port_offset
-    spec = {"data_dir": str(args.data_dir), "registry_url": f"http://{host}:{args.registry_port + o}/registry",
+    spec = {"data_dir": str(args.data_dir),
+            "registry_url": f"{scheme(args)}://{host}:{args.registry_port + o}/registry",
             "mllp": [host, args.mllp_port + o], "hospitals": [{
                 "name": h.name, "namespace": h.namespace, "hospital_number_oid": h.hospital_number_oid,
-                "repository_url": f"http://{host}:{h.repository_port + o}/repository",
+                "repository_url": f"{scheme(args)}://{host}:{h.repository_port + o}/repository",
                 "repository_unique_id": h.repository_unique_id, "dicom_host": host, "dicom_port": h.dicom_port + o,
-                "ae_title": h.ae_title} for h in HOSPITALS]}
+                "ae_title": h.ae_title} for h in HOSPITALS],
+            "tls": {} if args.pki is None else args.pki.nodes["xds-local"].as_dict()}
     return subprocess.Popen([sys.executable, "-m", "local_network.demo_data", json.dumps(spec)], process_group=0)
 
 
@@ -370,6 +464,9 @@ def ready_block(args: argparse.Namespace, server_url: str, region: Region) -> st
     lines = [f"\nxds-local: database server {server_url}", endpoints(args), "",
              f"portal              {portal_url(args)}  (sign in with the demo login)",
              f"demo login          {provider.demo_login} / {provider.demo_password}  (at {provider.issuer})"]
+    if args.pki is not None:
+        lines.append(f"TLS                 CA {args.pki.ca_file}; node certificates in {args.pki.folder}; for a "
+                     f"browser import {args.pki.browser_p12} (password {args.pki.browser_password})")
     from local_network.demo_data import demo_patients
 
     for patient in demo_patients(args.data_dir):

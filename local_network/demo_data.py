@@ -23,12 +23,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 from hl7.mllp import open_hl7_connection
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from ihe import tls
 from ihe.hl7 import decode, encode, new_control_id
 from ihe.nhs import NHS_NUMBER_OID, nhs_check_digit
 
@@ -175,6 +177,19 @@ def adt_a01(patient: dict, hospitals: list[DemoHospital]) -> str:
         "PV1||O"])
 
 
+def hospital_adt_a01(patient: dict, hospital: DemoHospital) -> str:
+    """ITI-8 ADT^A01 from the hospital's own PAS (MSH-4 its namespace): the admission that gives the hospital a care
+    relationship with the patient under the access policy."""
+    ids = [f"{patient['nhs_number']}^^^NHS&{NHS_NUMBER_OID}&ISO",
+           f"{patient['hospital_numbers'][hospital.name]}^^^{hospital.namespace}&{hospital.hospital_number_oid}&ISO"]
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    return encode([
+        f"MSH|^~\\&|PAS|{hospital.namespace}|XDS-REGISTRY|REGION|{stamp}||ADT^A01^ADT_A01|{new_control_id()}|P|2.5",
+        f"EVN|A01|{stamp}",
+        f"PID|||{'~'.join(ids)}||{patient['family']}^{patient['given']}||{patient['birth_date']}|{patient['sex']}",
+        "PV1||I"])
+
+
 class Journal:
     """Finished steps, one line each, appended and fsync'd: what a resumed load skips."""
 
@@ -203,7 +218,7 @@ def write_json_atomically(path: Path, value: object) -> None:
 
 
 async def feed_patient(host: str, port: int, message: str) -> None:
-    reader, writer = await open_hl7_connection(host, port)
+    reader, writer = await open_hl7_connection(host, port, **tls.connect_kwargs(host))
     try:
         writer.writeblock(message.encode("utf-8"))
         await writer.drain()
@@ -223,7 +238,8 @@ def c_store(files: list[Path], hospital: DemoHospital) -> None:
     ae = AE(ae_title="DEMO_LOADER")
     for pair in {(str(h.SOPClassUID), str(h.file_meta.TransferSyntaxUID)) for h in headers}:
         ae.add_requested_context(pair[0], [pair[1]])
-    assoc = ae.associate(hospital.dicom_host, hospital.dicom_port, ae_title=hospital.ae_title)
+    assoc = ae.associate(hospital.dicom_host, hospital.dicom_port, ae_title=hospital.ae_title,
+                         tls_args=tls.dicom_tls_args(hospital.dicom_host))
     if not assoc.is_established:
         raise RuntimeError(f"{hospital.ae_title} refused the association for the demo images")
     try:
@@ -314,6 +330,11 @@ async def load(data_dir: Path, hospitals: list[DemoHospital], registry_url: str,
         if f"adt-{p}" not in journal:
             await feed_patient(*mllp, adt_a01(patient, hospitals))
             journal.add(f"adt-{p}")
+        # Each hospital that has a study of the patient admitted them (its own feed): its care relationship.
+        for name in sorted({s["hospital"] for s in plan["studies"] if s["patient"] == p}):
+            if f"adt-{p}-{name}" not in journal:
+                await feed_patient(*mllp, hospital_adt_a01(patient, by_name[name]))
+                journal.add(f"adt-{p}-{name}")
     reports = 0
     for n, study in enumerate(plan["studies"]):
         hospital = by_name[study["hospital"]]
@@ -345,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(parser.parse_args(argv).spec)
     hospitals = [DemoHospital(**h) for h in spec["hospitals"]]
     try:
+        tls.configure(SimpleNamespace(**spec.get("tls", {})))  # xds-local's own certificate (None: plain)
         asyncio.run(load(Path(spec["data_dir"]), hospitals, spec["registry_url"], tuple(spec["mllp"])))
-    except (OSError, RuntimeError, TimeoutError) as exc:
+    except (OSError, RuntimeError, TimeoutError, tls.TlsSetupError) as exc:
         print(f"xds-local: demo data not loaded ({exc}); the next start resumes where this one stopped",
               file=sys.stderr, flush=True)
         return 1

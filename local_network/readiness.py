@@ -4,7 +4,8 @@ A port that merely accepts connections proves nothing: another copy of the netwo
 So a listener counts as ready only when the child process we started (or one of its own
 children) is the one listening on the port, and it answers its protocol: HTTP ``/health`` with
 200 (which also checks the database; for the OpenID Connect provider its discovery document),
-MLLP by accepting a connection, DICOM by a C-ECHO.
+MLLP by accepting a connection, DICOM by a C-ECHO. When this process has a TLS identity
+(``ihe.tls.configure``, as xds-local does), every probe is over mutual TLS with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from ihe import tls
+
 
 @dataclass(frozen=True, slots=True)
 class Listener:
@@ -25,6 +28,7 @@ class Listener:
     port: int
     ae_title: str | None = None  # DICOM only
     path: str = "/health"  # HTTP only: answered with 200 once the service works
+    plain: bool = False  # HTTP only: never over TLS (the OpenID Connect provider)
 
     def describe(self, host: str) -> str:
         where = f"{self.ae_title}@{host}:{self.port}" if self.ae_title else f"{host}:{self.port}"
@@ -71,15 +75,22 @@ def answers(host: str, listener: Listener, timeout: float = 3.0) -> bool:
     host = probe_host(host)
     if listener.kind == "HTTP":
         url_host = f"[{host}]" if ":" in host else host
+        scheme = "http" if listener.plain or tls.node() is None else "https"
+        context = None if scheme == "http" else tls.client_ssl()
         try:
-            with urllib.request.urlopen(f"http://{url_host}:{listener.port}{listener.path}", timeout=timeout) as resp:
+            with urllib.request.urlopen(f"{scheme}://{url_host}:{listener.port}{listener.path}", timeout=timeout,
+                                        context=context) as resp:
                 return resp.status == 200
         except (OSError, urllib.error.URLError):
             return False
     if listener.kind == "DICOM":
         return c_echo(host, listener.port, listener.ae_title or "ANY-SCP", timeout)
     try:
-        with socket.create_connection((host, listener.port), timeout=timeout):
+        with socket.create_connection((host, listener.port), timeout=timeout) as sock:
+            context = tls.client_ssl() if listener.kind == "MLLP" else None
+            if context is not None:  # MLLP over TLS: the handshake must succeed
+                with context.wrap_socket(sock, server_hostname=host) as wrapped:
+                    tls.check_pins(wrapped, tls.node().pins, f"{host}:{listener.port}")
             return True
     except OSError:
         return False
@@ -94,7 +105,7 @@ def c_echo(host: str, port: int, ae_title: str, timeout: float = 3.0) -> bool:
     ae = AE(ae_title="XDS_LOCAL")
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls.dicom_tls_args(host))
     if not assoc.is_established:
         return False
     try:

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import install_xua_alerts
 from ihe.audit.middleware import audit_middlewares
@@ -40,6 +41,7 @@ class Registry:
     code_list: Any = None  # ihe.metadata.codes.CodeList when configured
     servers: list[Any] = field(default_factory=list)
     auditor: Any = None  # ihe.audit.auditor.Auditor when --audit-repository is set
+    policy: Any = None  # ihe.policy.model.PolicyConfig when --access-policy is set
 
 
 async def open_registry(settings: RegistrySettings, database_url: str) -> Registry:
@@ -53,7 +55,14 @@ async def open_registry(settings: RegistrySettings, database_url: str) -> Regist
         from ihe.metadata.codes import load_code_list
 
         code_list = load_code_list(settings.code_list)
-    return Registry(settings=settings, pool=pool, code_list=code_list)
+    policy = None
+    if settings.access_policy is not None:
+        from ihe.policy.config import load_policy_file
+
+        policy = load_policy_file(settings.access_policy)
+        log.info("access policy %s: %d organisations, %d restriction rules", settings.access_policy,
+                 len(policy.organisations), len(policy.restrictions))
+    return Registry(settings=settings, pool=pool, code_list=code_list, policy=policy)
 
 
 def build_app(registry: Registry) -> web.Application:
@@ -82,6 +91,10 @@ def build_app(registry: Registry) -> web.Application:
     app.router.add_post(REGISTRY_PATH, service.handle)
     app.router.add_get(REGISTRY_PATH, _wsdl_or_info)
     app.router.add_get("/health", database_health(registry.pool))
+    if registry.policy is not None:
+        from registry.policy_endpoint import add_policy_routes
+
+        add_policy_routes(app, registry)
     return app
 
 
@@ -110,15 +123,16 @@ async def serve(settings: RegistrySettings, database_url: str, *, with_mllp: boo
     remove_alerts = install_xua_alerts(registry.auditor, f"http://{settings.host}:{settings.port}{REGISTRY_PATH}")
     runner = web.AppRunner(build_app(registry), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = tls.site(runner, settings.host, settings.port, tls.node(), reuse_port=True)
     await site.start()
     mllp = None
     if with_mllp:
         from registry.patient_feed import start_patient_feed
 
         mllp = await start_patient_feed(registry)
-        print(f"registry: ITI-42/ITI-18 at http://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
-        print(f"registry: ITI-8/ITI-9/ITI-21 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}", flush=True)
+        print(f"registry: ITI-42/ITI-18 at {tls.scheme()}://{settings.host}:{settings.port}{REGISTRY_PATH}", flush=True)
+        print(f"registry: ITI-8/ITI-9/ITI-21 (HL7 v2 MLLP) at {settings.mllp_host}:{settings.mllp_port}"
+              f"{' over mutual TLS' if tls.node() else ''}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -1,6 +1,6 @@
 """The registry's MLLP listener: one TCP server for every HL7 v2 transaction (ITI-8, ITI-9).
 
-Framing is python-hl7's asyncio MLLP server (``hl7.mllp.start_hl7_server``); we read raw blocks
+Framing is python-hl7's asyncio MLLP protocol (as ``hl7.mllp.start_hl7_server`` builds it); we read raw blocks
 (``readblock``) rather than ``readmessage`` so that a block that does not decode or parse is
 still answered (AR with the reason) instead of ending the connection. Messages on one
 connection are handled in order, which is what a feed's sender expects.
@@ -16,8 +16,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import hl7
-from hl7.mllp import InvalidBlockError, start_hl7_server
+from hl7.mllp import HL7StreamProtocol, HL7StreamReader, InvalidBlockError
 
+from ihe import tls
 from ihe.audit.middleware import MLLP_PEER
 from ihe.hl7 import (
     APPLICATION_INTERNAL_ERROR,
@@ -85,10 +86,17 @@ async def _serve_connection(reader, writer, handler: Handler) -> None:
         writer.close()
 
 
-async def start_mllp_server(host: str, port: int, handler: Handler) -> asyncio.Server:
-    """Listen on ``host:port``; every message is given to ``handler``. Close with ``.close()``."""
+async def start_mllp_server(host: str, port: int, handler: Handler,
+                            node_tls: tls.NodeTls | None = None) -> asyncio.Server:
+    """Listen on ``host:port`` (over mutual TLS when ``node_tls`` is set); every message is given to
+    ``handler``. Close with ``.close()``."""
+    loop = asyncio.get_running_loop()
 
     async def on_connect(reader, writer) -> None:
         await _serve_connection(reader, writer, handler)
 
-    return await start_hl7_server(on_connect, host, port, limit=MAX_MESSAGE_BYTES, reuse_address=True)
+    def framing() -> HL7StreamProtocol:  # as python-hl7's start_hl7_server builds it, so the TLS gate can wrap it
+        return HL7StreamProtocol(HL7StreamReader(limit=MAX_MESSAGE_BYTES, loop=loop), on_connect, loop=loop)
+
+    return await tls.create_server(framing, host, port, node_tls, logger=log, what=f"MLLP port {port}",
+                                   reuse_address=True)

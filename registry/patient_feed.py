@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECORD_EVENTS = frozenset({"A01", "A04", "A05", "A08"})
+RECORD_EVENTS = frozenset({"A01", "A03", "A04", "A05", "A08"})  # A03 discharge: for the access policy
 MERGE_EVENT = "A40"
 SEX_CODES = frozenset({"A", "F", "M", "N", "O", "U"})  # HL7 table 0001
 HL7_NULL = '""'  # an explicit "delete this value"
@@ -69,6 +69,8 @@ class RecordPatient:
 
     identifiers: tuple[Identifiable, ...]
     demographics: Demographics
+    event: str = "A01"
+    facility: tuple[str | None, ...] = ()  # MSH-4 namespace id and universal id: whose feed (access policy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +157,15 @@ def parse_feed(message: hl7.Message) -> RecordPatient | MergePatients:
         raise HL7Error("AR", f"message type {code or '(none)'} is not supported: this listener takes ADT "
                        "(ITI-8) and QBP^Q23 (ITI-9)", UNSUPPORTED_MESSAGE_TYPE, ErrorLocation("MSH", 1, 9))
     if event not in RECORD_EVENTS and event != MERGE_EVENT:
-        raise HL7Error("AR", f"ADT event {event or '(none)'} is not supported; use A01, A04, A05, A08 or A40",
+        raise HL7Error("AR", f"ADT event {event or '(none)'} is not supported; use A01, A03, A04, A05, A08 or A40",
                        UNSUPPORTED_EVENT_CODE, ErrorLocation("MSH", 1, 9))
     if not has_segment(message, "PID"):
         raise _ae("the message has no PID segment", REQUIRED_FIELD_MISSING, "PID")
     identifiers = identifiers_of(message, "PID", 3)
     demographics = demographics_of(message)
     if event in RECORD_EVENTS:
-        return RecordPatient(identifiers, demographics)
+        facility = (get(message, "MSH.F4.R1.C1") or None, get(message, "MSH.F4.R1.C2") or None)
+        return RecordPatient(identifiers, demographics, event, facility)
     if not has_segment(message, "MRG"):
         raise _ae("A40 needs an MRG segment naming the merged patient", REQUIRED_FIELD_MISSING, "MRG")
     merged_ids = identifiers_of(message, "MRG", 1)
@@ -177,18 +180,18 @@ def parse_feed(message: hl7.Message) -> RecordPatient | MergePatients:
     return MergePatients(tuple(pairs), keep, demographics)
 
 
-async def apply_feed(conn, command: RecordPatient | MergePatients) -> None:
-    """Apply one command in one transaction; PatientIdentityError when it contradicts the registry."""
+async def apply_feed(conn, command: RecordPatient | MergePatients) -> int:
+    """Apply one command in one transaction; PatientIdentityError when it contradicts the registry.
+    Returns the patient's row id."""
     if isinstance(command, RecordPatient):
-        await record_patient(conn, list(command.identifiers), command.demographics)
-        return
+        return await record_patient(conn, list(command.identifiers), command.demographics)
     async with conn.transaction():
         for surviving, merged in command.pairs:
             result = await merge_patients(conn, surviving, merged)
             log.info("merged patient id %s into %s: %d document entries, %d submission sets, %d folders moved%s",
                      merged.to_cx(), surviving.to_cx(), result.document_entries, result.submission_sets,
                      result.folders, " (already merged)" if result.already_merged else "")
-        await record_patient(conn, list(command.identifiers), command.demographics)
+        return await record_patient(conn, list(command.identifiers), command.demographics)
 
 
 def identity_error(exc: PatientIdentityError) -> HL7Error:
@@ -209,8 +212,12 @@ async def handle_feed(registry: Registry, message: hl7.Message) -> str:
     except HL7Error as exc:
         return build_ack(message, exc.ack_code, exc)
     try:
-        async with registry.pool.acquire() as conn:
-            await apply_feed(conn, command)
+        async with registry.pool.acquire() as conn, conn.transaction():
+            patient = await apply_feed(conn, command)
+            if registry.policy is not None and isinstance(command, RecordPatient):
+                from registry.access_policy import record_adt
+
+                await record_adt(conn, registry.policy, patient, command.event, command.facility)
     except PatientIdentityError as exc:
         return build_ack(message, "AE", identity_error(exc))
     return build_ack(message, "AA")
@@ -231,4 +238,6 @@ async def start_patient_feed(registry: Registry) -> asyncio.Server:
         return await handle_feed(registry, message)
 
     route = audited_hl7(route, registry.auditor, receiver="xds-registry", server_nap=registry.settings.mllp_host)
-    return await start_mllp_server(registry.settings.mllp_host, registry.settings.mllp_port, route)
+    from ihe import tls
+
+    return await start_mllp_server(registry.settings.mllp_host, registry.settings.mllp_port, route, tls.node())

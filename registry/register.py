@@ -534,6 +534,10 @@ async def _register(conn, registry, package, preassigned, rows, now) -> list[Reg
             return errors
     if plan.folders:
         errors = await _touch_folders(conn, plan.folders, now)
+    if not errors and registry.policy is not None:  # a consent document records the patient's choice with it
+        from registry.access_policy import record_consents
+
+        await record_consents(conn, registry.policy, package.documents)
     return errors
 
 

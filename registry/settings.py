@@ -8,6 +8,7 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
 OPTIONS: list[Option] = [
@@ -33,7 +34,13 @@ OPTIONS: list[Option] = [
            "sent) or off (mutual TLS alone)", "off", xua_mode),
     Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
            None, Path),
+    Option("access-policy", "TOML file of the region's access policy (ihe/policy/config.py, "
+           "docs/examples/access-policy.toml); when set, ITI-18 answers are filtered and retrieval points may ask "
+           "POST /policy/decisions; when absent there is no access policy", None, Path),
+    Option("policy-decision-clients", "networks (CIDR, comma-separated) allowed to ask POST /policy/decisions "
+           "(the region's repositories and imaging sources)", "127.0.0.0/8,::1/128"),
     *AUDIT_OPTIONS,
+    *TLS_OPTIONS,
 ]
 
 
@@ -55,6 +62,8 @@ class RegistrySettings:
     log_level: str = "INFO"
     xua: str = "off"
     xua_trust: Path | None = None
+    access_policy: Path | None = None
+    policy_decision_clients: str = "127.0.0.0/8,::1/128"
 
     audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
     audit_spool_dir: Path | None = None
@@ -62,6 +71,11 @@ class RegistrySettings:
     audit_ca_file: str | None = None
     audit_source_id: str | None = None
     audit_ack: str = "repository"
+
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RegistrySettings:

@@ -19,6 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from consumer.client.soap import SoapClient
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import ClientAudit, install_xua_alerts
 from ihe.audit.middleware import audit_middlewares
@@ -75,6 +76,7 @@ class Repository:
     in_flight: set[uuid.UUID] = field(default_factory=set)  # journal entries this process is working on
     owner: Any = None  # the connection holding the repositoryUniqueId lock
     auditor: Any = None  # ihe.audit.auditor.Auditor when --audit-repository is set
+    policy: Any = None  # ihe.policy.client.PolicyClient when --access-policy-url is set
 
 
 class RepositoryInUse(RuntimeError):
@@ -100,11 +102,19 @@ async def open_repository(settings: RepositorySettings, database_url: str) -> Re
         await owner.close()
         raise
     client = SoapClient(timeout=settings.registry_timeout)
-    return Repository(settings=settings, pool=pool, store=store, soap_client=client, owner=owner)
+    policy = None
+    if settings.access_policy_url:
+        from ihe.policy.client import PolicyClient
+
+        policy = PolicyClient(settings.access_policy_url, settings.repository_unique_id,
+                              cache_seconds=settings.access_policy_cache)
+    return Repository(settings=settings, pool=pool, store=store, soap_client=client, owner=owner, policy=policy)
 
 
 async def close_repository(repo: Repository) -> None:
     await repo.soap_client.close()
+    if repo.policy is not None:
+        await repo.policy.close()
     await repo.pool.close()
     repo.store.close()
     if repo.owner is not None:
@@ -151,6 +161,7 @@ class RepositoryEndpoint:
             soap = parse_envelope(root)
             soap.identity = xua.enforce_soap(request, root, soap.action)
         soap.attachments = attachments
+        soap.remote = request.remote
         return soap, media == "multipart/related"
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
@@ -252,12 +263,13 @@ async def serve(settings: RepositorySettings, database_url: str, ready: asyncio.
         repo.soap_client.on_exchange = ClientAudit(repo.auditor, endpoint)
     runner = web.AppRunner(build_app(repo), access_log=None, read_bufsize=READ_BUFSIZE)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = tls.site(runner, settings.host, settings.port, tls.node())
     recovery = asyncio.create_task(recovery_loop(repo, settings.recovery_interval))
     try:
         await site.start()
         print(f"repository {settings.repository_unique_id}: ITI-41/ITI-43 at "
-              f"http://{settings.host}:{settings.port}{REPOSITORY_PATH}; documents in {repo.store.root}", flush=True)
+              f"{tls.scheme()}://{settings.host}:{settings.port}{REPOSITORY_PATH}; documents in {repo.store.root}",
+              flush=True)
         if ready is not None:
             ready.set()
         await asyncio.Event().wait()

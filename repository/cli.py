@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from ihe import tls
 from ihe.config import build_parser, resolve
 from ihe.database import resolve_database_url
 from repository.settings import OPTIONS, RepositorySettings
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = RepositorySettings.from_dict(resolve("repository", OPTIONS, args))
     problems = settings.problems()
+    if not problems and (problem := tls.startup_problem(settings)):
+        problems = [problem]
     if problems:
         for p in problems:
             print(f"xds-repository: {p}", file=sys.stderr)

@@ -103,6 +103,26 @@ def build_retrieve_response(answers: Sequence[DocumentAnswer], errors: Sequence[
     return response
 
 
+async def permitted(repo: Repository, soap: SoapRequest, answers: list[DocumentAnswer],
+                    errors: list[RegistryError]) -> list[DocumentAnswer]:
+    """The answers the registry's access policy permits; an XDSDocumentUniqueIdError naming the reason for the
+    others (the same code as an unknown document: a denied one is not there for this requester)."""
+    from ihe.policy.requester import requester_of_soap
+
+    decisions, _ = await repo.policy.decide(requester_of_soap(soap),
+                                            documents=[a.document.unique_id for a in answers])
+    kept = []
+    for a in answers:
+        d = decisions[a.document.unique_id]
+        if d.permit:
+            kept.append(a)
+        else:
+            errors.append(error(ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
+                                f"document {a.document.unique_id} is not available to this requester: {d.reason}",
+                                a.document.unique_id))
+    return kept
+
+
 async def retrieve_document_set(repo: Repository, soap: SoapRequest) -> tuple[etree._Element, list[Attachment]]:
     """The ITI-43 handler: the response element and the attachments to stream after it."""
     requests = parse_retrieve_request(soap.body)
@@ -110,6 +130,8 @@ async def retrieve_document_set(repo: Repository, soap: SoapRequest) -> tuple[et
     wanted = [r.document_unique_id for r in requests if r.document_unique_id and r.repository_unique_id == repo_id]
     held = await catalog.find_documents(repo.pool, repo_id, wanted) if wanted else {}
     answers, errors = plan_retrieve(requests, repo_id, held)
+    if repo.policy is not None:  # the access policy: a denied document is an error, never content
+        answers = await permitted(repo, soap, answers, errors)
     present = []
     for a in answers:
         if repo.store.exists(a.document.key):

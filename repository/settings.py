@@ -12,6 +12,7 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
 GIB = 1024 * 1024 * 1024
@@ -40,7 +41,13 @@ OPTIONS: list[Option] = [
            "sent) or off (mutual TLS alone)", "off", xua_mode),
     Option("xua-trust", "TOML file with the XUA audience (affinity domain) and the trusted issuers' certificates",
            None, Path),
+    Option("access-policy-url", "the registry's access decision endpoint (http://REGISTRY:8010/policy/decisions); "
+           "when set every retrieval is asked there first and refused when denied; when absent there is no access "
+           "policy"),
+    Option("access-policy-cache", "seconds a permit of the access policy is reused for the same requester and "
+           "document or study (a viewer asks for every frame); denials are never reused", 10.0, float),
     *AUDIT_OPTIONS,
+    *TLS_OPTIONS,
 ]
 
 
@@ -63,6 +70,8 @@ class RepositorySettings:
     log_level: str = "INFO"
     xua: str = "off"
     xua_trust: Path | None = None
+    access_policy_url: str | None = None
+    access_policy_cache: float = 10.0
 
     audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
     audit_spool_dir: Path | None = None
@@ -70,6 +79,11 @@ class RepositorySettings:
     audit_ca_file: str | None = None
     audit_source_id: str | None = None
     audit_ack: str = "repository"
+
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RepositorySettings:

@@ -200,6 +200,9 @@ def start_region_once(run: Run) -> None:
     log = run.work / "xds-local.log"
     cmd = [sys.executable, "-m", "local_network.cli", "--data-dir", str(run.work / "region"), "--port-offset",
            str(run.offset), "--database-prefix", run.prefix, "--quiet-period", "1", "--no-demo-data",
+           # plain transport, as these figures were first measured (its clients speak http://); the cost of
+           # mutual TLS per request is measured apart: python -m bench.tls
+           "--insecure",
            *(["--database-url", run.server_url] if run.server_url else [])]
     with open(log, "wb") as fh:
         run.region = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, process_group=0)

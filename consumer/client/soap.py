@@ -7,6 +7,7 @@ between "not delivered" and "outcome unknown" are handled once.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 from lxml import etree
 
+from ihe import tls
 from ihe.mtom import (
     Attachment,
     MemorySink,
@@ -97,7 +99,7 @@ class SoapClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout, read_bufsize=READ_BUFSIZE,
-                                                  connector=aiohttp.TCPConnector(limit=64))
+                                                  connector=tls.connector(limit=64))
         return self._session
 
     async def close(self) -> None:
@@ -157,10 +159,18 @@ class SoapClient:
             async with self.session.post(url, data=data, headers=headers) as response:
                 return await self._read_response(response, open_sink or _memory_sink)
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect to {url}: {exc.os_error or exc}", delivered=False) from None
+            why = tls.reason(exc)
+            raise TransportError(tls.explain(exc, url) if why else f"cannot connect to {url}: {exc.os_error or exc}",
+                                 delivered=False) from None
         except MTOMError as exc:
             raise TransportError(f"malformed MTOM answer from {url}: {exc}", delivered=True) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if tls.reason(exc):  # TLS 1.3: a refused client certificate shows after the handshake, at the first read
+                raise TransportError(tls.explain(exc, url), delivered=False) from None
+            reset = isinstance(exc, aiohttp.ServerDisconnectedError) or getattr(exc, "errno", None) == errno.ECONNRESET
+            if reset and url.startswith("https:"):
+                # asyncio drops a TLS server's alert: after a TLS 1.3 handshake a refusal looks like this
+                raise TransportError(f"TLS to {url}: {tls.CLOSED_AFTER_HANDSHAKE}", delivered=True) from None
             raise TransportError(f"no answer from {url}: {type(exc).__name__} {exc}".strip(), delivered=True) from None
 
     async def _read_response(self, response: aiohttp.ClientResponse, open_sink: SinkFactory) -> SoapResult:

@@ -198,7 +198,26 @@ def build_routes(portal: Portal) -> list[web.RouteDef]:
         def page_link(n: int) -> str:
             return "/admin?" + urlencode({"family": result["family"], "page": n})
 
-        return render(request, "admin.html", status=status, result=result, sources=sources, page_link=page_link)
+        from consumer.portal import access
+
+        grants = await access.grants(portal) if portal.settings.access_policy_url else None
+        return render(request, "admin.html", status=status, result=result, sources=sources, page_link=page_link,
+                      grants=grants)
+
+    async def reviewed(request: web.Request) -> web.StreamResponse:
+        from consumer.portal import access
+        from consumer.portal.sessions import check_csrf
+
+        session = require_admin(request, portal)
+        await check_csrf(request, session)
+        try:
+            grant = int(request.match_info["grant"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="the grant is a number") from None
+        refused = await access.review(portal, grant, session.subject or session.user)
+        if refused is not None:
+            raise web.HTTPBadGateway(text=f"the review was not recorded: {refused}")
+        raise web.HTTPSeeOther("/admin")
 
     async def admin_json(request: web.Request) -> web.Response:
         require_admin(request, portal)
@@ -222,5 +241,6 @@ def build_routes(portal: Portal) -> list[web.RouteDef]:
         return web.json_response(await details(request))
 
     return [web.get("/admin", admin_page), web.get("/api/admin/patients", admin_json),
+            web.post("/admin/break-glass/{grant}/reviewed", reviewed),
             web.get("/admin/patients/{patient_id}", patient_page),
             web.get("/api/admin/patients/{patient_id}", patient_json_route)]

@@ -33,9 +33,11 @@ from consumer.portal.oidc import OidcClient, SignInError
 from consumer.portal.sessions import (
     COOKIE,
     PortalSession,
+    check_csrf,
     clear_session_cookie,
     create_session,
     delete_session,
+    is_api,
     purge_expired,
     require_session,
     security_headers,
@@ -44,6 +46,7 @@ from consumer.portal.sessions import (
 )
 from consumer.portal.settings import PortalSettings
 from consumer.portal.xua import PortalXua, caller_middleware, caller_objects, caller_user, for_patient
+from ihe import tls
 from ihe.audit.auditor import open_auditor
 from ihe.audit.client import ClientAudit
 from ihe.audit.events import user_authentication_event
@@ -116,6 +119,9 @@ def build_app(portal: Portal) -> web.Application:
     app = web.Application(middlewares=[session_middleware(
         portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer),
         caller_middleware()], client_max_size=64 * 1024)
+    from consumer.portal.access import guard
+
+    app.middlewares.append(guard(portal))  # after the session middleware: the user is known
     app["portal"] = portal
     app["templates"] = templates()
     app.on_response_prepare.append(security_headers)
@@ -131,9 +137,12 @@ def build_app(portal: Portal) -> web.Application:
         if portal.oidc is None:
             return message(request, "Sign-in unavailable", "no identity provider is configured (--oidc-issuer)", 503)
         return_to = safe_return_path(request.query.get("next"))
+        from consumer.portal.access import off_trusted_network
+
+        acr_values = settings.mfa_acr_list if off_trusted_network(portal, request) else None
         try:
             async with portal.pool.acquire() as conn:
-                url, state = await portal.oidc.start(conn, return_to)
+                url, state = await portal.oidc.start(conn, return_to, acr_values)
         except (aiohttp.ClientError, OSError, SignInError, ValueError, KeyError) as exc:
             log.warning("identity provider unavailable: %s", exc)
             return message(request, "Sign-in unavailable", "the identity provider cannot be reached; try again "
@@ -160,6 +169,14 @@ def build_app(portal: Portal) -> web.Application:
         try:
             async with portal.pool.acquire() as conn:
                 identity, return_to = await portal.oidc.finish(conn, state, code, request.query.get("iss"))
+                from consumer.portal.access import needs_second_factor
+
+                if needs_second_factor(portal, request, identity.acr):
+                    log.warning("sign-in of %s from %s refused: acr %s is not multi-factor", identity.subject,
+                                request.remote, identity.acr)
+                    raise SignInError("you are connecting from outside the hospitals' networks: sign in with your "
+                                      "second factor (multi-factor authentication is required here; the identity "
+                                      f"provider reported {identity.acr or 'no authentication context'})")
                 old = request.cookies.get(COOKIE)
                 if old:
                     await delete_session(conn, old)
@@ -227,9 +244,45 @@ def build_app(portal: Portal) -> web.Application:
         shown = aggregate.apply_filters(everything, filters) if filters else everything
         return everything, shown, filters, filter_error
 
+    async def gate(request: web.Request) -> web.Response | None:
+        """The access policy's patient-level answer: None to go on, else the page saying why (with break-glass)."""
+        from consumer.portal.access import patient_access
+
+        session = require_session(request)
+        patient = _patient_or_400(request, portal)
+        access = await patient_access(portal, session, search.patient_cx(patient, settings))
+        if access is None or access.permit:
+            return None
+        if is_api(request):
+            return web.json_response({"error": "access denied", "reason": access.reason,
+                                      "break_glass": access.break_glass}, status=403)
+        return render(request, "access.html", status=403, patient_id=patient, access=access, error=None)
+
+    @routes.post("/patients/{patient_id}/break-glass")
+    async def break_glass(request: web.Request) -> web.StreamResponse:
+        from consumer.portal.access import break_glass as ask
+        from consumer.portal.access import patient_access
+
+        session = require_session(request)
+        await check_csrf(request, session)
+        patient = _patient_or_400(request, portal)
+        form = await request.post()
+        code, text = str(form.get("reason_code", "")), str(form.get("reason_text", "")).strip()
+        cx = search.patient_cx(patient, settings)
+        refused = "a reason from the list and a free-text explanation are both required" \
+            if not code or not text else await ask(portal, session, cx, code, text)
+        if refused is None:
+            log.warning("break-glass: %s (%s) for patient %s: %s %s", session.user, session.organisation, patient,
+                        code, text)
+            raise web.HTTPSeeOther(f"/patients/{quote(patient, safe='')}")
+        access = await patient_access(portal, session, cx)
+        return render(request, "access.html", status=403, patient_id=patient, access=access, error=refused)
+
     @routes.get("/patients/{patient_id}")
     async def patient_page(request: web.Request) -> web.Response:
         require_session(request)
+        if (refusal := await gate(request)) is not None:
+            return refusal
         everything, shown, filters, filter_error = await documents(request)
         choices = {name: sorted({v for r in everything.rows for v in (getattr(r, name).split(", ")
                                                                         if name == "modality"
@@ -244,6 +297,8 @@ def build_app(portal: Portal) -> web.Application:
     @routes.get("/api/patients/{patient_id}/documents")
     async def patient_json(request: web.Request) -> web.Response:
         require_session(request)
+        if (refusal := await gate(request)) is not None:
+            return refusal
         _everything, shown, _filters, filter_error = await documents(request)
         if filter_error:
             raise web.HTTPBadRequest(text=filter_error)
@@ -387,7 +442,8 @@ async def open_portal(settings: PortalSettings, database_url: str) -> Portal:
         applied = await migrate(conn, "portal")
     if applied:
         log.info("applied portal migrations: %s", ", ".join(applied))
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300))
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+                                 connector=tls.connector())
     signer = PortalXua.from_settings(settings)
     auditor = open_auditor(settings, "xds-portal")
     # Every ITI-18 / ITI-43 / RAD-69 carries the current user's assertion, and is audited as its requester.
@@ -415,7 +471,7 @@ async def serve(settings: PortalSettings, database_url: str, ready: asyncio.Even
     portal = await open_portal(settings, database_url)
     runner = web.AppRunner(build_app(portal), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = tls.site(runner, settings.host, settings.port, tls.node(), reuse_port=True)
     await site.start()
     portal.extras["purge"] = asyncio.create_task(_purge_sessions(portal))
     print(f"portal: {settings.base_url}/ (sign-in via {settings.oidc_issuer or 'no identity provider'}; "

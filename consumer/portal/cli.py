@@ -7,6 +7,7 @@ import logging
 import sys
 
 from consumer.portal.settings import OPTIONS, PortalSettings
+from ihe import tls
 from ihe.config import build_parser, resolve
 from ihe.database import resolve_database_url
 from ihe.eventloop import run
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if problem := xua_problem(settings):
         parser.error(problem)
+    if problem := tls.startup_problem(settings):
+        print(f"xds-portal: {problem}", file=sys.stderr)
+        return 2
     database_url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
     try:
         from consumer.portal.app import serve

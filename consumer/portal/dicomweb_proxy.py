@@ -21,6 +21,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from ihe import tls
+
 log = logging.getLogger(__name__)
 
 PREFIX = "/dicomweb"
@@ -123,7 +125,7 @@ def build_routes(locate: Locate, require_session: RequireSession, *,
     async def session_for() -> tuple[aiohttp.ClientSession, bool]:
         if client is not None:
             return client(), False
-        return aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False), True
+        return aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False, connector=tls.connector()), True
 
     async def located(study: str) -> str:
         if not is_uid(study):

@@ -36,7 +36,7 @@ from consumer.portal.search import SearchError, normalise_patient_id, patient_cx
 from consumer.portal.sessions import PortalSession, require_session
 from consumer.portal.settings import Pacs, PortalSettings
 from consumer.portal.xua import CALLER, Caller
-from ihe import hl7
+from ihe import hl7, tls
 from ihe.metadata.model import Identifiable
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,14 @@ def c_store(pacs: Pacs, calling_ae: str, datasets: list[Dataset]) -> None:
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
     where = f"PACS {pacs.ae_title} at {pacs.host}:{pacs.port}"
-    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
+    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, tls_args=tls.dicom_tls_args(pacs.host))
     if not assoc.is_established:
-        raise ImportFailed(f"{where} could not be reached or refused the association")
+        raise ImportFailed(f"{where} could not be reached or refused the association"
+                           + (" (over TLS: see the log for the reason)" if tls.node() else ""))
+    try:
+        tls.check_association(assoc, pacs.host, pacs.port)
+    except tls.PeerRefused as exc:
+        raise ImportFailed(f"{where}: {exc}") from None
     try:
         for ds in datasets:
             try:

@@ -47,6 +47,7 @@ class Identity:
     user_name: str
     role: str | None
     organisation: str | None
+    acr: str | None = None  # the authentication context class of the sign-in (ID token), for two-factor checks
 
 
 def claim_value(claims: dict[str, Any], spec: str) -> str | None:
@@ -68,8 +69,9 @@ def identity_from_claims(claims: dict[str, Any], settings: PortalSettings) -> Id
     if not subject:
         raise SignInError("the provider's answer names no user (no sub claim)")
     user_name = str(claims.get("name") or claims.get("preferred_username") or claims.get("email") or subject)
+    acr = claims.get("acr")
     return Identity(subject, user_name, claim_value(claims, settings.oidc_role_claim),
-                    claim_value(claims, settings.oidc_organisation_claim))
+                    claim_value(claims, settings.oidc_organisation_claim), str(acr) if acr else None)
 
 
 class OidcClient:
@@ -104,14 +106,17 @@ class OidcClient:
             self._jwks = KeySet.import_key_set(await self._get_json(metadata["jwks_uri"]))
         return self._jwks
 
-    async def start(self, conn: asyncpg.Connection, return_to: str) -> tuple[str, str]:
-        """Record a pending login; (the provider's authorization URL to redirect to, its state)."""
+    async def start(self, conn: asyncpg.Connection, return_to: str,
+                    acr_values: list[str] | None = None) -> tuple[str, str]:
+        """Record a pending login; (the provider's authorization URL to redirect to, its state).
+        ``acr_values``: ask the provider for these authentication contexts (multi-factor off the trusted networks)."""
         metadata = await self.metadata()
         state, nonce, verifier = generate_token(32), generate_token(32), generate_token(48)
+        extra = {"acr_values": " ".join(acr_values)} if acr_values else {}
         url = prepare_grant_uri(metadata["authorization_endpoint"], self.settings.oidc_client_id, "code",
                                 redirect_uri=self.settings.redirect_url, scope=self.settings.oidc_scope, state=state,
                                 nonce=nonce, code_challenge=create_s256_code_challenge(verifier),
-                                code_challenge_method="S256")
+                                code_challenge_method="S256", **extra)
         await conn.execute("DELETE FROM portal_login WHERE created_at < now() - make_interval(secs => $1)",
                            float(LOGIN_LIFETIME))
         await conn.execute("INSERT INTO portal_login (state, nonce, code_verifier, return_to) VALUES ($1, $2, $3, $4)",

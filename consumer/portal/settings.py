@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ihe.config import Option
+from ihe.tls import TLS_OPTIONS
 
 OPTIONS: list[Option] = [
     Option("host", "address to listen on", "127.0.0.1"),
     Option("port", "HTTP port of the portal", 8090, int),
     Option("public-url", "base URL users reach the portal by (e.g. https://portal.example.org); default "
-           "http://HOST:PORT. Cookies are marked Secure when it is https"),
+           "http(s)://HOST:PORT. Cookies are marked Secure when it is https"),
     Option("database-url", "PostgreSQL URL (sessions, manifest cache); when absent an embedded PostgreSQL is "
            "started in --data-dir"),
     Option("data-dir", "folder for the embedded PostgreSQL's data", "data/portal", Path),
@@ -41,10 +42,18 @@ OPTIONS: list[Option] = [
            "when absent nobody may"),
     Option("imaging-sources", "the hospitals' imaging sources as HOSPITAL_NAME|BASE_URL separated by ';' (a TOML "
            "list works too); the registry browser shows each one's publishing status (BASE_URL/status)"),
+    Option("access-policy-url", "the registry's access policy endpoints (http://REGISTRY:8010/policy): before a "
+           "patient's list is shown the portal asks whether the user's organisation may see the patient, and offers "
+           "break-glass when not; when absent the portal shows what the registry answers"),
+    Option("trusted-networks", "networks (CIDR, comma-separated) from which a password sign-in is enough; from "
+           "anywhere else the sign-in must carry one of --mfa-acr (multi-factor); when absent no check"),
+    Option("mfa-acr", "the identity provider's acr values meaning multi-factor authentication, comma-separated "
+           "(asked for as acr_values off the trusted networks)", "mfa"),
     Option("pool-size", "PostgreSQL connections", 10, int),
     Option("log-level", "logging level", "INFO"),
     Option("audit-database-url", "PostgreSQL URL of the ATNA audit record repository's database (xds-audit), read "
            "by the admin page's audit search (/admin/audit); when absent that page says it is not configured"),
+    *TLS_OPTIONS,
 ]
 
 
@@ -151,6 +160,9 @@ class PortalSettings:
     log_level: str = "INFO"
     admin_role: str | None = None
     imaging_sources: list[Registry] = field(default_factory=list)  # (hospital name, base URL)
+    access_policy_url: str | None = None
+    trusted_networks: str | None = None
+    mfa_acr: str = "mfa"
     audit_database_url: str | None = None
     xua_signing_key: str | None = None  # consumer.portal.xua.XUA_OPTIONS
     xua_signing_cert: str | None = None
@@ -167,6 +179,11 @@ class PortalSettings:
     audit_source_id: str | None = None
     audit_ack: str = "repository"
 
+    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_pin: str | None = None
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PortalSettings:
         values = {k: v for k, v in values.items() if v is not None}
@@ -177,8 +194,19 @@ class PortalSettings:
         return cls(**values)
 
     @property
+    def trusted_network_list(self) -> list:
+        import ipaddress
+
+        return [ipaddress.ip_network(n.strip(), strict=False) for n in (self.trusted_networks or "").split(",")
+                if n.strip()]
+
+    @property
+    def mfa_acr_list(self) -> list[str]:
+        return [a.strip() for a in self.mfa_acr.split(",") if a.strip()]
+
+    @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return (self.public_url or f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def secure_cookies(self) -> bool:

@@ -48,6 +48,8 @@ async def registry_stored_query(registry: Registry, request: SoapRequest) -> Soa
         statement = stored.build(params, sql, registry.settings.max_query_results + 1)
         objects = await fetch_objects(registry.pool, statement)
         check_result(objects, registry.settings.max_query_results, leaf_class)
+        if registry.policy is not None:  # the access policy: only what the requester may see leaves
+            objects = await permitted(registry, request, objects)
     except XDSError as exc:
         body = adhoc_query_response(errors=[*warnings, *exc.errors])
         return SoapReply(ACTION_ITI18_RESPONSE, body)
@@ -64,6 +66,18 @@ async def registry_stored_query(registry: Registry, request: SoapRequest) -> Soa
         add_participant_object(patient(patient_id))
     return SoapReply(ACTION_ITI18_RESPONSE,
                      adhoc_query_response(objects, leaf_class=leaf_class, home=home, errors=warnings))
+
+
+async def permitted(registry: Registry, request: SoapRequest, objects: list[ResultObject]) -> list[ResultObject]:
+    from ihe.policy.requester import requester_of_soap
+    from registry.access_policy import filter_objects
+
+    requester = requester_of_soap(request)
+    kept, denied = await filter_objects(registry.pool, registry.policy, requester, objects)
+    if denied:
+        log.info("access policy: %d of %d objects withheld from %s (%s)", len(denied), len(objects),
+                 requester.organisation or requester.node, "; ".join(sorted({d.reason for d in denied})))
+    return kept
 
 
 def parse_adhoc_query_request_or_errors(request: SoapRequest) -> QueryRequest | bytes:

@@ -32,12 +32,14 @@ from pypdf import PdfReader
 from consumer.client.query import find_documents
 from consumer.client.soap import SoapClient
 from consumer.portal.viewer import DEFAULT_OHIF_DIR
+from ihe import tls
 from local_network.cli import HOSPITALS
 from local_network.demo_data import demo_patients
 from tests.conftest import ROOT
 from tests.deploy.helpers import Output, drop_databases, region_port_offset
 from tests.deploy.test_local_network import READY, portal_assertions, xds_local
 from tests.portal.test_viewer_browser import CANVAS_STATS, CHROMIUM
+from tests.tls_support import use_region
 
 NHS_OID = "2.16.840.1.113883.2.1.4.1"
 ARTIFACTS = ROOT / "test-artifacts" / "portal-story"
@@ -59,9 +61,11 @@ def region(postgres_admin_url, tmp_path_factory):
     children: list[psutil.Process] = []
     try:
         output.wait_for(READY, 300)
+        use_region(data_dir)  # the region runs on mutual TLS: this test is one of its nodes
         children = psutil.Process(proc.pid).children(recursive=True)
         yield {"proc": proc, "output": output, "offset": offset, "data_dir": data_dir, "children": children}
     finally:
+        tls.reset()
         for child in children:  # a frozen hospital must be able to hear the stop
             if child.is_running():
                 child.send_signal(signal.SIGCONT)
@@ -116,7 +120,7 @@ async def test_a_clinician_signs_in_finds_a_patient_reads_a_report_views_a_ct_an
     from playwright.async_api import async_playwright
 
     offset = region["offset"]
-    portal = f"http://127.0.0.1:{8090 + offset}"
+    portal = f"https://127.0.0.1:{8090 + offset}"
     password = region["output"].wait_for("demo login ", 5).split()[4]
     patient = demo_patients(region["data_dir"])[0]
     nhs = patient["nhs_number"]
@@ -124,7 +128,7 @@ async def test_a_clinician_signs_in_finds_a_patient_reads_a_report_views_a_ct_an
     studies = [s for s in plan["studies"] if s["patient"] == 0]
     assert {s["hospital"] for s in studies} == {"hospital-a", "hospital-b", "hospital-c"}, studies
     ct = next(s for s in studies if s["kind"] == "CT")
-    await wait_for_documents(f"http://127.0.0.1:{8010 + offset}/registry", nhs, 3 * len(studies),
+    await wait_for_documents(f"https://127.0.0.1:{8010 + offset}/registry", nhs, 3 * len(studies),
                              region["data_dir"])
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -144,7 +148,13 @@ async def test_a_clinician_signs_in_finds_a_patient_reads_a_report_views_a_ct_an
         browser = await pw.chromium.launch(executable_path=CHROMIUM,
                                            args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
         try:
-            context = await browser.new_context(viewport={"width": 1400, "height": 900})
+            # the clinician's browser certificate from the region's CA (the portal requires one); the CA is
+            # not in Chromium's trust store, hence ignore_https_errors
+            certs = region["data_dir"] / "tls"
+            context = await browser.new_context(viewport={"width": 1400, "height": 900}, ignore_https_errors=True,
+                                                client_certificates=[{"origin": portal,
+                                                                      "certPath": str(certs / "browser.crt"),
+                                                                      "keyPath": str(certs / "browser.key")}])
             page = await context.new_page()
             try:
                 # --- sign in at the provider, typing the demo login -----------------------------------------

@@ -58,7 +58,7 @@ def parsed(text: str) -> hl7.Message:
 
 
 @pytest.mark.parametrize("version", ["2.3.1", "2.5"])
-@pytest.mark.parametrize("event", ["A01", "A04", "A05", "A08"])
+@pytest.mark.parametrize("event", ["A01", "A03", "A04", "A05", "A08"])
 def test_record_events_keep_every_identifier(version, event):
     pid3 = f"{nhs_cx('9434765919')}~{hosp_a_cx('A100')}~B200^^^HOSPB"
     command = parse_feed(parsed(adt(event, pid3, version=version)))
@@ -66,6 +66,7 @@ def test_record_events_keep_every_identifier(version, event):
         (Identifiable("9434765919", NHS, "NHS"), Identifiable("A100", HOSP_A, "HOSPA"),
          Identifiable("B200", None, "HOSPB")),
         Demographics("Smith", "Jane", "19800102", "F"),
+        event, ("HOSPA", None),  # the sending facility (MSH-4): whose care relationship, for the access policy
     )
 
 
@@ -102,7 +103,7 @@ def _error(text: str) -> HL7Error:
     (adt("A40", nhs_cx("9000000017"), structure="ADT_A39"), "AE", "101", ("MRG", 1, 0, 0, 0), "MRG segment"),
     (adt("A40", nhs_cx("9000000017"), mrg=hosp_a_cx("A1")), "AE", "101", ("PID", 1, 3, 0, 0),
      "assigning authority of MRG-1"),
-    (adt("A03", nhs_cx("9000000017")), "AR", "201", ("MSH", 1, 9, 0, 0), "ADT event A03 is not supported"),
+    (adt("A11", nhs_cx("9000000017")), "AR", "201", ("MSH", 1, 9, 0, 0), "ADT event A11 is not supported"),
     (adt("A01", nhs_cx("9000000017")).replace("ADT^A01^ADT_A01", "ORM^O01"), "AR", "200", ("MSH", 1, 9, 0, 0),
      "message type ORM"),
     (adt("A01", nhs_cx("9000000017"), version="2.4"), "AR", "203", ("MSH", 1, 12, 0, 0), "2.4 in MSH-12"),
@@ -317,7 +318,7 @@ async def test_listener_survives_bad_input(feed):
         ack = await peer.send_raw(b"\x0b" + "MSH|^~\\&|X|Y|||||ADT^A01|Z|P|2.5\rPID|||\xe9t\xe9^^^HA".encode("latin-1")
                                   + b"\x1c\r")
         assert get(ack, "MSA.F1") == "AA"  # not UTF-8: read as ISO 8859-1
-        ack = await peer.send(adt("A03", nhs_cx("9000000017")))
+        ack = await peer.send(adt("A11", nhs_cx("9000000017")))
         assert get(ack, "MSA.F1") == "AR" and get(ack, "ERR.F3.R1.C1") == "201"
         # An ACK is never acknowledged: the next answer is the next message's.
         peer.writer.write(b"\x0b" + build_ack(parsed(adt("A01", nhs_cx("9000000017")))).encode() + b"\x1c\r")
