@@ -8,6 +8,7 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.node import NodeSettings
 from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
@@ -77,7 +78,7 @@ OPTIONS: list[Option] = [
 
 
 @dataclass(slots=True)
-class ImagingSourceSettings:
+class ImagingSourceSettings(NodeSettings):  # + the TLS and audit fields every node has
     host: str = "127.0.0.1"
     port: int = 8040
     public_url: str | None = None
@@ -118,19 +119,6 @@ class ImagingSourceSettings:
     access_policy_url: str | None = None
     access_policy_cache: float = 10.0
 
-    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
-    audit_spool_dir: Path | None = None
-    audit_spool_max_bytes: int = 256 * 1024 * 1024
-    audit_ca_file: str | None = None
-    audit_tls_cert: str | None = None
-    audit_tls_key: str | None = None
-    audit_source_id: str | None = None
-    audit_ack: str = "repository"
-
-    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
-    tls_key: str | None = None
-    tls_ca: str | None = None
-    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ImagingSourceSettings:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ihe.audit.auditor import AUDIT_OPTIONS
 from ihe.config import Option
+from ihe.node import NodeSettings
 from ihe.tls import TLS_OPTIONS
 from ihe.xua.policy import xua_mode
 
@@ -45,7 +46,7 @@ OPTIONS: list[Option] = [
 
 
 @dataclass(slots=True)
-class RegistrySettings:
+class RegistrySettings(NodeSettings):  # + the TLS and audit fields every node has
     host: str = "127.0.0.1"
     port: int = 8010
     mllp_host: str = "127.0.0.1"
@@ -65,19 +66,6 @@ class RegistrySettings:
     access_policy: Path | None = None
     policy_decision_clients: str = "127.0.0.0/8,::1/128"
 
-    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
-    audit_spool_dir: Path | None = None
-    audit_spool_max_bytes: int = 256 * 1024 * 1024
-    audit_ca_file: str | None = None
-    audit_tls_cert: str | None = None
-    audit_tls_key: str | None = None
-    audit_source_id: str | None = None
-    audit_ack: str = "repository"
-
-    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
-    tls_key: str | None = None
-    tls_ca: str | None = None
-    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RegistrySettings:

@@ -8,8 +8,18 @@ cd "$(dirname "$0")/../consumer/portal/ohif"
 
 wanted=$(sed -n 's/.*"@ohif\/app": *"\([^"]*\)".*/\1/p' package.json | head -n1)
 installed=node_modules/@ohif/app/package.json
+# A gzip copy beside each text file of dist/ (x.js.gz next to x.js): the portal sends it to browsers accepting
+# gzip (aiohttp's FileResponse), about a quarter of the bytes. Made once; idempotent.
+precompress() {
+  find node_modules/@ohif/app/dist -type f \( -name '*.js' -o -name '*.css' -o -name '*.wasm' -o -name '*.json' \
+       -o -name '*.svg' -o -name '*.txt' \) -size +1k | while read -r f; do
+    [ -f "$f.gz" ] && [ "$f.gz" -nt "$f" ] || gzip -9 -n -k -f "$f"
+  done
+}
+
 if [ -f "$installed" ] && [ -f node_modules/@ohif/app/dist/index.html ] \
    && grep -q "\"version\": *\"$wanted\"" "$installed"; then
+  precompress
   exit 0
 fi
 
@@ -23,3 +33,4 @@ echo "installing the OHIF viewer (@ohif/app $wanted)"
 # npm ci: exactly the lock file, integrity checked; no install scripts run.
 npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 test -f node_modules/@ohif/app/dist/index.html || { echo "@ohif/app $wanted has no dist/index.html" >&2; exit 1; }
+precompress

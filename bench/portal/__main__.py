@@ -334,6 +334,7 @@ def portal_assertion(run: Run):
     from consumer.portal.sessions import PortalSession
     from consumer.portal.settings import PortalSettings
     from consumer.portal.xua import Caller, PortalXua
+    from local_network.cli import HOSPITALS
     from local_network.security import PORTAL_ISSUER
 
     folder = run.work / "region" / "security"
@@ -341,7 +342,9 @@ def portal_assertion(run: Run):
         return None
     xua = PortalXua.from_settings(PortalSettings.from_dict({
         "xua_signing_key": str(folder / "portal-xua.key"), "xua_signing_cert": str(folder / "portal-xua.pem"),
-        "xua_issuer": PORTAL_ISSUER}))
+        "xua_issuer": PORTAL_ISSUER,
+        # as xds-local's portal: each hospital's organisation id is its hospital-number OID's arc
+        "xua_organisation_ids": ";".join(f"{h.name}={h.hospital_number_oid.rsplit('.', 1)[0]}" for h in HOSPITALS)}))
     caller = Caller(PortalSession("bench.portal", "clinician", "hospital-a", "", "bench-portal"))
     return lambda: xua.assertion(caller)
 
@@ -371,11 +374,14 @@ async def registered(registry_url: str, patient: dict, security=None) -> int:
 
 def load_patient(run: Run, sizes: Sizes, storescu: str) -> tuple[dict, str, list[Path]]:
     """ADT, then reports and imaging over the three hospitals; (patient, CT study UID, CT files)."""
-    from local_network.demo_data import adt_a01, feed_patient
+    from local_network.demo_data import adt_a01, feed_patient, hospital_adt_a01
 
     region = hospitals(run)
     patient = make_patient(region)
     asyncio.run(feed_patient("127.0.0.1", run.port(2575), adt_a01(patient, region)))
+    # admitted at hospital-a, the clinician's hospital: the care relationship under which the access policy
+    # lets hospital-a see the other hospitals' documents
+    asyncio.run(feed_patient("127.0.0.1", run.port(2575), hospital_adt_a01(patient, region[0])))
     imaging = max(2, sizes.documents // 4)  # including the CT
     reports = sizes.documents - imaging
     print(f"loading {reports} reports and {imaging} imaging studies for NHS {patient['nhs_number']}", flush=True)
@@ -394,11 +400,13 @@ def load_patient(run: Run, sizes: Sizes, storescu: str) -> tuple[dict, str, list
     sent = send(storescu, region[0].ae_title, region[0].dicom_port, files, 2)
     print(f"CT sent to {region[0].name} at {sent['rate']:.0f} images/s", flush=True)
     registry = f"http://127.0.0.1:{run.port(8010)}/registry"
-    deadline = time.monotonic() + 600
+    wait = 60 + 2 * sizes.documents
+    deadline = time.monotonic() + wait
     security = soap_security(run)
     while (found := asyncio.run(registered(registry, patient, security))) < sizes.documents:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {found} of {sizes.documents} documents registered after 10 minutes")
+            raise RuntimeError(f"only {found} of {sizes.documents} documents registered after {wait} s (for the "
+                               "bench's clinician at hospital-a, under the region's access policy)")
         time.sleep(1)
     print(f"{found} documents registered", flush=True)
     return patient, ct_uid, files

@@ -164,6 +164,12 @@ def build_routes(locate: Locate, require_session: RequireSession, *,
             if media in _JSON_TYPES and not encoded else None
         if encoded:
             response.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
+        if rewrite is not None and request.method != "HEAD":
+            # DICOM JSON compresses 10 to 70 times (a 500-image series' metadata: 7.5 MB, 0.1 MB gzipped);
+            # aiohttp compresses chunk by chunk as they are relayed, when the client accepts gzip or deflate.
+            # Only JSON: pixel data barely compresses, and the proxy's pages carry no secrets next to input
+            # an attacker controls (BREACH).
+            response.enable_compression()
         if rewrite is None and upstream.content_length is not None and (raw_body or "Content-Encoding" not in
                                                                         upstream.headers):
             response.content_length = upstream.content_length

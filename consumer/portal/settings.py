@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ihe.config import Option
+from ihe.node import NodeSettings
 from ihe.tls import TLS_OPTIONS
 
 OPTIONS: list[Option] = [
@@ -134,7 +135,7 @@ def parse_hospitals(value: Any) -> list[Hospital]:
 
 
 @dataclass(slots=True)
-class PortalSettings:
+class PortalSettings(NodeSettings):  # + the TLS and audit fields every node has
     host: str = "127.0.0.1"
     port: int = 8090
     public_url: str | None = None
@@ -172,19 +173,6 @@ class PortalSettings:
     xua_roles: str | None = None
     xua_organisation_ids: str | None = None
     xua_purpose_of_use: str = "TREATMENT"
-    audit_repository: str | None = None  # ihe.audit.auditor.AUDIT_OPTIONS
-    audit_spool_dir: Path | None = None
-    audit_spool_max_bytes: int = 256 * 1024 * 1024
-    audit_ca_file: str | None = None
-    audit_tls_cert: str | None = None
-    audit_tls_key: str | None = None
-    audit_source_id: str | None = None
-    audit_ack: str = "repository"
-
-    tls_cert: str | None = None  # ihe.tls.TLS_OPTIONS
-    tls_key: str | None = None
-    tls_ca: str | None = None
-    tls_pin: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PortalSettings:

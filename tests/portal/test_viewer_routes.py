@@ -163,3 +163,23 @@ async def test_the_installed_ohif_dist_is_served_under_viewer() -> None:
         assert '__webpack_require__.p = "/viewer/"' in js and '__webpack_require__.p = "/"' not in js
     finally:
         await client.close()
+
+
+async def test_viewer_code_goes_out_gzipped_to_browsers_accepting_it(dist: Path) -> None:
+    """The rewritten bundle compressed by the portal, an unchanged file by its .gz copy (made by
+    scripts/install-ohif.sh); both as they are to a client not accepting gzip."""
+    import gzip
+
+    (dist / "0ddf166f7a343eda.wasm.gz").write_bytes(gzip.compress(b"\0asm\1\0\0\0"))
+    client = await client_for(viewer.build_routes(dist, "/dicomweb"))
+    try:
+        for name, wanted in (("app.bundle.0123456789abcdef.js", b'__webpack_require__.p = "/viewer/";'),
+                             ("0ddf166f7a343eda.wasm", b"\0asm\1\0\0\0")):
+            r = await client.get(f"/viewer/{name}", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+            raw = await r.read()
+            assert r.status == 200 and r.headers["Content-Encoding"] == "gzip", name
+            assert wanted in gzip.decompress(raw) and "Accept-Encoding" in r.headers["Vary"]
+            r = await client.get(f"/viewer/{name}", headers={"Accept-Encoding": "identity"})
+            assert "Content-Encoding" not in r.headers and wanted in await r.read()
+    finally:
+        await client.close()
