@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from lxml import etree
 
+from ihe import tls
 from ihe.soap import (
     FAULT_RECEIVER,
     FAULT_SENDER,
@@ -111,6 +112,7 @@ class SoapService:
         soap = parse_envelope(root)
         soap.attachments = attachments
         soap.remote = request.remote
+        soap.peer = tls.peer_certificate(request.transport)
         request[SOAP_REQUEST] = soap
         soap.identity = enforce_soap(request, root, soap.action)  # XUA, per the app's policy (ihe.xua.web.install)
         return soap

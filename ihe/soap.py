@@ -63,6 +63,8 @@ class SoapRequest:
     identity: object | None = None
     # The caller's network address (the access policy's node identity when no XUA identity is given).
     remote: str | None = None
+    # The caller's verified TLS client certificate (ihe.tls.PeerCertificate), None on plain TCP.
+    peer: object | None = None
 
 
 def parse_envelope(root: etree._Element) -> SoapRequest:

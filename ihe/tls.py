@@ -233,6 +233,33 @@ def client_ssl() -> ssl.SSLContext | None:
     return _node.client if _node is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The verified client certificate of a connection: who the caller is when it carries no XUA assertion."""
+
+    common_name: str | None  # the subject CN, as the region's CA issued it (e.g. "hospital-a-repository (xds-local)")
+    sha256: str  # fingerprint (lower-case hex), as --tls-pin and the policy's [[nodes]] take it
+
+
+def peer_certificate(transport: Any) -> PeerCertificate | None:
+    """The certificate the peer of ``transport`` presented (None on plain TCP or without one). Only TLS
+    listeners of this module hand out such transports, and their handshake verified the certificate
+    against the region's CA (a presented certificate that does not verify fails the handshake)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return None
+    try:
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        names = []
+    cn = names[0].value if names else None
+    return PeerCertificate(cn if isinstance(cn, str) else None, fingerprint(der))
+
+
 def check_pins(ssl_object: Any, pins: frozenset[str], peer: str) -> None:
     """Raise PeerRefused unless the peer presented a certificate (ssl verified it against the CA) and,
     when there are ``pins``, it is one of them."""

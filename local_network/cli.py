@@ -59,19 +59,28 @@ def organisation_id(h: Hospital) -> str:
     return h.hospital_number_oid.rsplit(".", 1)[0]
 
 
-def access_policy_file(data_dir: Path) -> Path:
+def access_policy_file(data_dir: Path, insecure: bool = False) -> Path:
     """The region's access policy (ihe.policy.config), written at the first start; edit it to change the rules.
 
     Relationships come from each hospital's own ADT feed (MSH-4 its namespace), as the demo data sends them.
-    ``anonymous = "permit"``: on one machine every service calls from 127.0.0.1, so a request without an XUA
-    identity cannot be told from the services' own (a repository settling a submission, the demo loader);
-    requests that carry an identity (the portal's, with XUA) are decided by the rules. Set it to "deny" once
-    every caller is named (XUA required, mutual TLS)."""
+    With mutual TLS (the default) a request without an XUA identity is its node, named by its certificate:
+    ``[[nodes]]`` make each hospital's repository and imaging source that hospital (a repository recovering its
+    entries, an imaging source's own queries see their own documents), and ``anonymous = "deny"`` refuses
+    everybody else. Under ``--insecure`` every service calls from 127.0.0.1 and nothing names the caller, so
+    the file is written with ``anonymous = "permit"``."""
     path = data_dir / "policy" / "access-policy.toml"
     if path.exists():
         return path
-    lines = ["# xds-local's access policy (see README: access policy). Written once; edit freely.",
-             'anonymous = "permit"', "relationship-days-after-discharge = 30", "referral-days = 90",
+    if insecure:
+        head = ["# --insecure: no client certificates name the callers, so requests without an XUA identity are",
+                "# permitted (every service calls from 127.0.0.1). Written with mutual TLS (the default), this",
+                '# file says anonymous = "deny" and names each node by its certificate.', 'anonymous = "permit"']
+    else:
+        head = ["# Requests without an XUA identity are their node, named by its TLS client certificate ([[nodes]]",
+                '# below); any other is refused (--insecure writes anonymous = "permit": nothing names a caller).',
+                'anonymous = "deny"']
+    lines = ["# xds-local's access policy (see README: access policy). Written once; edit freely.", *head,
+             "relationship-days-after-discharge = 30", "referral-days = 90",
              "break-glass-minutes = 240", "break-glass-when-opted-out = false", ""]
     for h in HOSPITALS:
         lines += ["[[organisations]]", f'id = "{organisation_id(h)}"',
@@ -80,9 +89,39 @@ def access_policy_file(data_dir: Path) -> Path:
     lines += ["# Example: sexual health reports only for hospital C", "[[restrictions]]", 'name = "sexual health"',
               'class-codes = ["SH^^^1.3.6.1.4.1.21367.2026.0.1"]',
               f'organisations = ["{organisation_id(HOSPITALS[2])}"]', ""]
+    lines += ["# The region's nodes by certificate (mutual TLS): a hospital's repository and imaging source act for",
+              "# that hospital and ask the registry for decisions (/policy/decisions); the portal asks for its",
+              "# signed-in users (decisions before opening a report or study, and the patient-level and break-glass",
+              "# endpoints), whose XUA assertion names them, so it has no organisation of its own; the registry",
+              "# calls nothing the policy guards.", ""]
+    for h in HOSPITALS:
+        for kind in ("repository", "imaging"):
+            lines += ["[[nodes]]", f'certificate-cn = "{pki.common_name(f"{h.name}-{kind}")}"',
+                      f'organisation = "{organisation_id(h)}"', 'policy-endpoints = ["decisions"]', ""]
+    lines += ["[[nodes]]", f'certificate-cn = "{pki.common_name("portal")}"',
+              'policy-endpoints = ["decisions", "portal"]', ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def anonymous_note(path: Path, insecure: bool) -> str | None:
+    """One line at start when requests without an XUA identity are permitted (the policy file says so)."""
+    from ihe.policy.config import PolicyConfigError, load_policy_file
+    from ihe.policy.model import Anonymous
+
+    try:
+        permit = load_policy_file(path).anonymous is Anonymous.PERMIT
+    except PolicyConfigError as exc:
+        return f"xds-local: {exc}"
+    if not permit:
+        return None
+    if insecure:
+        return (f"xds-local: --insecure: the access policy ({path}) permits requests without an XUA identity "
+                "(anonymous = \"permit\"): no client certificate names the caller")
+    return (f"xds-local: the access policy ({path}) permits requests without an XUA identity (anonymous = "
+            "\"permit\", written by an --insecure start); with mutual TLS delete it to get anonymous = \"deny\" "
+            "and the nodes named by certificate")
 
 
 def scheme(args: argparse.Namespace) -> str:
@@ -161,7 +200,8 @@ def services(args: argparse.Namespace, server_url: str,
     """The region's services; ``creds`` (None only to list the ports) adds XUA and audit options."""
     host, o, prefix = args.host, args.port_offset, args.database_prefix
     registry_url = f"{scheme(args)}://{host}:{args.registry_port + o}/registry"
-    policy = (["--access-policy", str(access_policy_file(args.data_dir))] if args.access_policy == "on" else [])
+    policy = (["--access-policy", str(access_policy_file(args.data_dir, args.insecure))]
+              if args.access_policy == "on" else [])
     decisions = (["--access-policy-url", f"{scheme(args)}://{host}:{args.registry_port + o}/policy/decisions"]
                  if args.access_policy == "on" else [])
     py = sys.executable
@@ -279,7 +319,8 @@ def portal_service(wiring: PortalWiring) -> Service:
         "--affinity-domain-oid", NHS_NUMBER_OID,
         "--registry-mllp", f"{wiring.registry_mllp[0]}:{wiring.registry_mllp[1]}",
         "--oidc-issuer", wiring.oidc_issuer, "--oidc-client-id", client["client_id"],
-        "--oidc-client-secret", client["client_secret"], "--oidc-redirect-url", client["redirect_uri"],
+        # one argument with '=': a generated secret may start with '-', which argparse takes for an option
+        f"--oidc-client-secret={client['client_secret']}", "--oidc-redirect-url", client["redirect_uri"],
         "--oidc-role-claim", "groups", "--oidc-organisation-claim", "groups:org-",
         "--imaging-sources", ";".join(f"{name}|{root}" for name, root in wiring.imaging_sources.items()),
         "--admin-role", "clinician",  # the demo user may open the registry browser and the audit search
@@ -408,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         print("xds-local: --insecure: every service speaks plain HTTP, MLLP and DICOM, without TLS or client "
               f"certificates, and sends its audit records {how} (unencrypted); for experiments only, never with "
               "real patient data", file=sys.stderr, flush=True)
+    if args.access_policy == "on":
+        note = anonymous_note(access_policy_file(args.data_dir, args.insecure), args.insecure)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     try:
         provider = oidc_provider.prepare(args.data_dir, args.host, args.oidc_port + args.port_offset, portal_url(args))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:

@@ -149,6 +149,11 @@ class RegionPki:
     created: list[str]  # what this start made (empty when everything was reused)
 
 
+def common_name(node: str) -> str:
+    """The subject CN of a node's certificate (the access policy's [[nodes]] name nodes by it)."""
+    return f"{node} (xds-local)"
+
+
 def ensure_region_pki(data_dir: Path, nodes: list[str], hosts: tuple[str, ...] = LOCAL_NAMES) -> RegionPki:
     """The region's CA and a certificate per node under ``data_dir/tls``: made on first use, then reused."""
     folder = data_dir / "tls"
@@ -172,7 +177,7 @@ def ensure_region_pki(data_dir: Path, nodes: list[str], hosts: tuple[str, ...] =
         if _usable(cert_file, key_file, hosts, ca_cert):
             files[name] = NodeFiles(cert_file, key_file, ca_file)
             continue
-        key, cert = make_node_cert(ca_key, ca_cert, f"{name} (xds-local)", hosts)
+        key, cert = make_node_cert(ca_key, ca_cert, common_name(name), hosts)
         files[name] = write_node(folder, name, key, cert, ca_file)
         created.append(name)
     browser = files.pop("browser")

@@ -15,8 +15,11 @@ For the portal: ``POST /policy/patient`` ``{"requester", "patient": CX}`` answer
 ``POST /policy/break-glass`` ``{"requester", "patient", "reason_code", "reason_text"}`` grants a
 time-limited access (a security alert in the audit trail, listed for review).
 
-Only callers from ``--policy-decision-clients`` are answered (403 otherwise): the answers tell whether a
-document exists, and the portal vouches for its user until XUA (and mutual TLS) name the caller.
+Who may ask: the answers tell whether a document exists, and the caller vouches for the requester it sends.
+Over mutual TLS only nodes whose verified client certificate the access policy's ``[[nodes]]`` lists with
+``policy-endpoints = ["decisions"]`` (the retrieval points) may ask ``/policy/decisions``, and only those with
+``"portal"`` the portal's endpoints; 403 otherwise. On plain TCP (or when the policy names no such node)
+callers from ``--policy-decision-clients`` networks are answered.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ihe import tls
 from ihe.policy.decide import decide, effective
 from ihe.policy.model import Requester
 from registry.access_policy import (
@@ -69,7 +73,7 @@ def add_policy_routes(app: web.Application, registry: Registry) -> None:
     clients = parse_networks(registry.settings.policy_decision_clients)
 
     async def decisions(request: web.Request) -> web.Response:
-        body = await read_body(request)
+        body = await read_body(request, "decisions")
         requester = Requester.from_json(body.get("requester") or {})
         repository = body.get("repository") if isinstance(body.get("repository"), str) else None
         documents = _uids(body.get("documents"), "documents")
@@ -82,11 +86,24 @@ def add_policy_routes(app: web.Application, registry: Registry) -> None:
             for uid, d in answer.items():
                 if not d.permit:
                     log.info("access policy: %s %s denied to %s at %s: %s", what, uid,
-                             requester.organisation or requester.node, repository, d.reason)
+                             requester.organisation or requester.certificate or requester.node, repository, d.reason)
         return web.json_response({"documents": {k: v.as_json() for k, v in docs.items()},
                                   "studies": {k: v.as_json() for k, v in found.items()}})
 
-    async def read_body(request: web.Request) -> dict:
+    def allowed(request: web.Request, endpoint: str) -> None:
+        """403 unless the caller may use ``endpoint`` (decisions | portal): by certificate over mutual TLS."""
+        by_certificate = [n for n in registry.policy.nodes if endpoint in n.policy_endpoints
+                          and (n.certificate_cn or n.certificate_sha256)]
+        if tls.node() is not None and by_certificate:
+            peer = tls.peer_certificate(request.transport)
+            caller = Requester(certificate=peer.common_name if peer else None,
+                               certificate_sha256=peer.sha256 if peer else None)
+            if not any(n.names_certificate(caller) for n in by_certificate):
+                who = (f"certificate {peer.common_name!r} (SHA-256 {peer.sha256})" if peer
+                       else "a caller without a certificate")
+                raise web.HTTPForbidden(text=f"{who} may not use the access policy's {endpoint} endpoints (not a "
+                                             f"[[nodes]] entry with policy-endpoints = [\"{endpoint}\"])\n")
+            return
         try:
             ip = ipaddress.ip_address(request.remote or "")
         except ValueError:
@@ -94,6 +111,9 @@ def add_policy_routes(app: web.Application, registry: Registry) -> None:
         if ip is None or not any(ip in n for n in clients):
             raise web.HTTPForbidden(text="this address may not use the access policy's endpoints "
                                          "(--policy-decision-clients)\n")
+
+    async def read_body(request: web.Request, endpoint: str = "portal") -> dict:
+        allowed(request, endpoint)
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
         try:
@@ -169,13 +189,7 @@ def add_policy_routes(app: web.Application, registry: Registry) -> None:
         return web.json_response({"reviewed": grant})
 
     async def read_body_check(request: web.Request) -> None:
-        try:
-            ip = ipaddress.ip_address(request.remote or "")
-        except ValueError:
-            ip = None
-        if ip is None or not any(ip in n for n in clients):
-            raise web.HTTPForbidden(text="this address may not use the access policy's endpoints "
-                                         "(--policy-decision-clients)\n")
+        allowed(request, "portal")
 
     app.router.add_get("/policy/grants", grants)
     app.router.add_post("/policy/grants", grants)

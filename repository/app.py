@@ -162,6 +162,7 @@ class RepositoryEndpoint:
             soap.identity = xua.enforce_soap(request, root, soap.action)
         soap.attachments = attachments
         soap.remote = request.remote
+        soap.peer = tls.peer_certificate(request.transport)
         return soap, media == "multipart/related"
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:

@@ -29,7 +29,13 @@ Example (``docs/examples/access-policy.toml``)::
     opt-out-policies = ["OPT-OUT^^^1.3.6.1.4.1.21367.2026.0.2"]
     opt-in-policies = ["OPT-IN^^^1.3.6.1.4.1.21367.2026.0.2"]
 
-    [[nodes]]                               # callers without XUA (until mutual TLS names them)
+    [[nodes]]                               # callers without XUA, named by their TLS client certificate
+    certificate-cn = "hospital-a-repository"  # or certificate-sha256 = "<64 hex digits>"
+    organisation = "1.3.6.1.4.1.21367.2026.1"
+    role = "..."                            # optional: the role it acts in (restrictions' roles)
+    policy-endpoints = ["decisions"]        # may ask /policy/decisions ("portal": /policy/patient, break-glass, grants)
+
+    [[nodes]]                               # or by address (plain TCP, or no certificate entry matches)
     network = "10.1.0.0/16"
     organisation = "1.3.6.1.4.1.21367.2026.1"
 """
@@ -59,6 +65,44 @@ def _strings(value: Any, key: str) -> frozenset[str]:
 
 def _oid(value: str) -> str:
     return value[len("urn:oid:"):] if value.lower().startswith("urn:oid:") else value
+
+
+POLICY_ENDPOINTS = frozenset({"decisions", "portal"})
+
+
+def _node(value: Any, i: int) -> Node:
+    """One [[nodes]] entry: an organisation, and a certificate (CN or SHA-256) and/or a network naming the caller."""
+    if not isinstance(value, dict):
+        raise PolicyConfigError(f"nodes[{i}] must be a table")
+    n = {str(k).replace("_", "-"): v for k, v in value.items()}
+    unknown = set(n) - {"organisation", "network", "certificate-cn", "certificate-sha256", "role", "policy-endpoints"}
+    if unknown:
+        raise PolicyConfigError(f"nodes[{i}]: unknown keys {', '.join(sorted(unknown))}")
+    org = n.get("organisation")
+    if org is not None and not isinstance(org, str):
+        raise PolicyConfigError(f"nodes[{i}].organisation must be a string (the organisation's OID)")
+    text = {k: n[k].strip() if isinstance(n.get(k), str) and n[k].strip() else None
+            for k in ("network", "certificate-cn", "certificate-sha256", "role")}
+    if not (text["network"] or text["certificate-cn"] or text["certificate-sha256"]):
+        raise PolicyConfigError(f"nodes[{i}] needs a certificate-cn, a certificate-sha256 or a network (CIDR)")
+    sha = text["certificate-sha256"]
+    if sha is not None:
+        sha = sha.replace(":", "").lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise PolicyConfigError(f"nodes[{i}].certificate-sha256 is not a SHA-256 fingerprint (64 hex digits)")
+    endpoints = _strings(n.get("policy-endpoints"), f"nodes[{i}].policy-endpoints")
+    if bad := endpoints - POLICY_ENDPOINTS:
+        raise PolicyConfigError(f"nodes[{i}].policy-endpoints: unknown {', '.join(sorted(bad))}"
+                                f" (known: {', '.join(sorted(POLICY_ENDPOINTS))})")
+    if not (org and org.strip()) and not endpoints:
+        raise PolicyConfigError(f"nodes[{i}] needs an organisation (or policy-endpoints for a node that only asks "
+                                "the registry's /policy endpoints)")
+    try:
+        network = ipaddress.ip_network(text["network"], strict=False) if text["network"] else None
+    except ValueError as exc:
+        raise PolicyConfigError(f"nodes[{i}].network: {exc}") from None
+    return Node(_oid(org.strip()) if org and org.strip() else None, network, text["certificate-cn"], sha,
+                text["role"], endpoints)
 
 
 def parse_policy(data: dict[str, Any]) -> PolicyConfig:
@@ -94,12 +138,7 @@ def parse_policy(data: dict[str, Any]) -> PolicyConfig:
         if not (rule.confidentiality or rule.class_codes or rule.type_codes):
             raise PolicyConfigError(f"restrictions[{i}] matches no code (confidentiality, class-codes, type-codes)")
         rules.append(rule)
-    nodes = []
-    for i, n in enumerate(data.get("nodes", [])):
-        try:
-            nodes.append(Node(ipaddress.ip_network(str(n["network"]), strict=False), _oid(str(n["organisation"]))))
-        except (KeyError, ValueError) as exc:
-            raise PolicyConfigError(f"nodes[{i}] needs a network (CIDR) and an organisation: {exc}") from None
+    nodes = [_node(n, i) for i, n in enumerate(data.get("nodes", []))]
     try:
         trusted = tuple(ipaddress.ip_network(x, strict=False) for x in _strings(data.get("trusted-networks"),
                                                                                   "trusted-networks"))

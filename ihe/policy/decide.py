@@ -35,9 +35,10 @@ def active_grant(facts: PatientFacts, organisation: str, user: str | None, now: 
 
 
 def effective(config: PolicyConfig, requester: Requester) -> Requester:
-    """A requester without an asserted organisation is its node's organisation when the policy names the node."""
-    if requester.organisation is None and (org := config.organisation_of_node(requester.node)) is not None:
-        return replace(requester, organisation=org, source="node")
+    """A requester without an asserted organisation is its node's organisation (and role) when the policy
+    names the node, by its TLS client certificate or its address."""
+    if requester.organisation is None and (node := config.node_of(requester)) is not None and node.organisation:
+        return replace(requester, organisation=node.organisation, role=requester.role or node.role, source="node")
     return requester
 
 

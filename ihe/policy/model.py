@@ -30,11 +30,14 @@ class Requester:
     source: str = "anonymous"  # xua | node | session | anonymous
     node: str | None = None  # the caller's network address, mapped by the policy's [[nodes]]
     organisation_name: str | None = None  # the assertion's organization (a name), when its id is not a member's
+    certificate: str | None = None  # the subject CN of the caller's verified TLS client certificate
+    certificate_sha256: str | None = None  # and its SHA-256 fingerprint (lower-case hex)
 
     def as_json(self) -> dict:
         return {"organisation": self.organisation, "user": self.user, "role": self.role,
                 "purpose": self.purpose, "source": self.source, "node": self.node,
-                "organisation_name": self.organisation_name}
+                "organisation_name": self.organisation_name, "certificate": self.certificate,
+                "certificate_sha256": self.certificate_sha256}
 
     @classmethod
     def from_json(cls, value: dict) -> Requester:
@@ -44,7 +47,8 @@ class Requester:
 
         return cls(organisation=text("organisation"), user=text("user"), role=text("role"), purpose=text("purpose"),
                    source=text("source") or "anonymous", node=text("node"),
-                   organisation_name=text("organisation_name"))
+                   organisation_name=text("organisation_name"), certificate=text("certificate"),
+                   certificate_sha256=text("certificate_sha256"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +117,30 @@ class Restriction:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """Callers from ``network`` are ``organisation`` when they carry no XUA identity (until mutual TLS names them)."""
+    """A caller without an XUA identity is ``organisation`` (with ``role``) when its verified TLS client
+    certificate has this subject CN or fingerprint, or, failing those, when it calls from ``network``.
+    A node without an organisation (the portal: its requests carry its user's XUA) may only use the
+    registry's ``policy_endpoints``."""
 
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    organisation: str
+    organisation: str | None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    certificate_cn: str | None = None
+    certificate_sha256: str | None = None
+    role: str | None = None
+    policy_endpoints: frozenset[str] = frozenset()  # registry /policy/* endpoints it may call: decisions, portal
+
+    def names_certificate(self, requester: Requester) -> bool:
+        cn, sha = self.certificate_cn, self.certificate_sha256
+        return bool((cn is not None and requester.certificate == cn)
+                    or (sha is not None and requester.certificate_sha256 == sha))
+
+    def has_address(self, address: str | None) -> bool:
+        if self.network is None or not address:
+            return False
+        try:
+            return ipaddress.ip_address(address) in self.network
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +199,15 @@ class PolicyConfig:
         names = {f.strip().lower() for f in facility if f}
         return next((o.id for o in self.organisations if names & {x.lower() for x in o.feeds}), None)
 
+    def node_of(self, requester: Requester) -> Node | None:
+        """The configured node a caller is: by its certificate first (the stronger name), else by its address."""
+        nodes = [n for n in self.nodes if n.organisation is not None]
+        return (next((n for n in nodes if n.names_certificate(requester)), None)
+                or next((n for n in nodes if n.has_address(requester.node)), None))
+
     def organisation_of_node(self, address: str | None) -> str | None:
-        if not address:
-            return None
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        return next((n.organisation for n in self.nodes if ip in n.network), None)
+        node = self.node_of(Requester(node=address))
+        return node.organisation if node is not None else None
 
     def is_trusted_network(self, address: str | None) -> bool:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ihe import tls
 from ihe.policy.model import Requester
 from ihe.soap import SoapRequest
 from ihe.xua.model import XuaIdentity
@@ -26,8 +27,9 @@ def _identity(request: web.Request) -> XuaIdentity | None:
     return identity if isinstance(identity, XuaIdentity) else None
 
 
-def from_xua(identity: XuaIdentity, node: str | None = None) -> Requester:
-    return Requester(organisation=identity.organization_id or identity.organization or None,
+def from_xua(identity: XuaIdentity, node: str | None = None, peer: tls.PeerCertificate | None = None) -> Requester:
+    return Requester(certificate=peer.common_name if peer else None, certificate_sha256=peer.sha256 if peer else None,
+                     organisation=identity.organization_id or identity.organization or None,
                      user=identity.name_id or identity.subject_id or None,
                      role=identity.role.code if identity.role is not None else None,
                      purpose=identity.purpose_of_use.code if identity.purpose_of_use is not None else None,
@@ -37,14 +39,22 @@ def from_xua(identity: XuaIdentity, node: str | None = None) -> Requester:
 def requester_of_soap(soap: SoapRequest) -> Requester:
     """The requester of a parsed SOAP request (its XUA identity, else its node)."""
     identity = soap.identity
+    peer = soap.peer if isinstance(soap.peer, tls.PeerCertificate) else None
     if isinstance(identity, XuaIdentity):
-        return from_xua(identity, soap.remote)
-    return Requester(source="anonymous", node=soap.remote)
+        return from_xua(identity, soap.remote, peer)
+    return node_requester(soap.remote, peer)
+
+
+def node_requester(address: str | None, peer: tls.PeerCertificate | None) -> Requester:
+    """A caller without XUA: its address and, over mutual TLS, its certificate, for the policy's [[nodes]]."""
+    return Requester(source="anonymous", node=address, certificate=peer.common_name if peer else None,
+                     certificate_sha256=peer.sha256 if peer else None)
 
 
 def requester_of(request: web.Request) -> Requester:
     """The requester of ``request``: its XUA identity, else its node (address), for the policy to resolve."""
     identity = _identity(request)
+    peer = tls.peer_certificate(request.transport)
     if identity is not None:
-        return from_xua(identity, request.remote)
-    return Requester(source="anonymous", node=request.remote)
+        return from_xua(identity, request.remote, peer)
+    return node_requester(request.remote, peer)

@@ -76,7 +76,8 @@ async def permitted(registry: Registry, request: SoapRequest, objects: list[Resu
     kept, denied = await filter_objects(registry.pool, registry.policy, requester, objects)
     if denied:
         log.info("access policy: %d of %d objects withheld from %s (%s)", len(denied), len(objects),
-                 requester.organisation or requester.node, "; ".join(sorted({d.reason for d in denied})))
+                 requester.organisation or requester.certificate or requester.node,
+                 "; ".join(sorted({d.reason for d in denied})))
     return kept
 
 
