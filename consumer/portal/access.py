@@ -20,6 +20,7 @@ from aiohttp import web
 
 from consumer.portal.context import Portal
 from consumer.portal.sessions import PortalSession
+from ihe.policy.client import PermitCache
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,10 @@ GUARDED = ("/dicomweb/studies/{study}", "/documents/{repository_unique_id}/{docu
 def guard(portal: Portal):
     """Middleware: a report (``/documents/..``) or a study through the DICOMweb proxy is opened only when the
     registry's policy permits it for the signed-in user (403 with the reason otherwise), so a link or a guessed
-    uniqueId does not get around the patient page's answer."""
+    uniqueId does not get around the patient page's answer. Permits are reused for ``--access-policy-cache``
+    seconds per user and resource, as the retrieval points reuse theirs (ihe.policy.client.PermitCache): a study
+    opened in the viewer is hundreds of requests."""
+    permits = PermitCache(portal.settings.access_policy_cache)
 
     @web.middleware
     async def access(request: web.Request, handler):
@@ -130,6 +134,9 @@ def guard(portal: Portal):
         if portal.settings.access_policy_url and session is not None and canonical.startswith(GUARDED):
             study = request.match_info.get("study")
             documents = [] if study else [request.match_info.get("document_unique_id", "")]
+            key = (tuple(sorted(requester(session).items())), "s" if study else "d", study or documents[0])
+            if permits.permitted(key):
+                return await handler(request)
             try:
                 status, answer = await _post(portal, "/decisions", {
                     "requester": requester(session), "documents": documents, "studies": [study] if study else []})
@@ -140,6 +147,7 @@ def guard(portal: Portal):
             if not isinstance(decision, dict) or decision.get("permit") is not True:
                 reason = decision.get("reason") if isinstance(decision, dict) else f"HTTP {status}: {answer}"
                 raise web.HTTPForbidden(text=f"access policy: {reason}")
+            permits.remember([key])
         return await handler(request)
 
     return access

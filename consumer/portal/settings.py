@@ -46,6 +46,8 @@ OPTIONS: list[Option] = [
     Option("access-policy-url", "the registry's access policy endpoints (http://REGISTRY:8010/policy): before a "
            "patient's list is shown the portal asks whether the user's organisation may see the patient, and offers "
            "break-glass when not; when absent the portal shows what the registry answers"),
+    Option("access-policy-cache", "seconds a permit for a report or study is reused for the same user (the viewer "
+           "asks for every frame through the DICOMweb proxy); denials are never reused", 10.0, float),
     Option("trusted-networks", "networks (CIDR, comma-separated) from which a password sign-in is enough; from "
            "anywhere else the sign-in must carry one of --mfa-acr (multi-factor); when absent no check"),
     Option("mfa-acr", "the identity provider's acr values meaning multi-factor authentication, comma-separated "
@@ -162,6 +164,7 @@ class PortalSettings(NodeSettings):  # + the TLS and audit fields every node has
     admin_role: str | None = None
     imaging_sources: list[Registry] = field(default_factory=list)  # (hospital name, base URL)
     access_policy_url: str | None = None
+    access_policy_cache: float = 10.0
     trusted_networks: str | None = None
     mfa_acr: str = "mfa"
     audit_database_url: str | None = None

@@ -20,6 +20,30 @@ log = logging.getLogger(__name__)
 CACHED = Decision(True, "permitted (a recent decision of the registry's access policy)", "cached")
 
 
+class PermitCache:
+    """Recent permits of the registry's access policy, each for ``seconds``: a viewer asks for every frame of a
+    study, and each would otherwise be a round trip to the registry; a change (opt-out, expiry) takes effect within
+    ``seconds``. Denials are never kept, so access granted by break-glass or a new relationship shows at once.
+    Shared by every asker (retrieval points, the portal) so that all of them revoke alike."""
+
+    def __init__(self, seconds: float = 10.0, limit: int = 10_000) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self._until: dict[tuple, float] = {}
+
+    def permitted(self, key: tuple, now: float | None = None) -> bool:
+        return self._until.get(key, 0.0) > (time.monotonic() if now is None else now)
+
+    def remember(self, keys: Iterable[tuple], now: float | None = None) -> None:
+        if self.seconds <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        if len(self._until) > self.limit:
+            self._until = {k: t for k, t in self._until.items() if t > now}
+        until = now + self.seconds
+        self._until.update(dict.fromkeys(keys, until))
+
+
 class PolicyClient:
     """Decisions for one retrieval point (``repository``: its repositoryUniqueId) from ``url``."""
 
@@ -28,11 +52,7 @@ class PolicyClient:
         self.repository = repository
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
-        # Permits only, for a few seconds: a viewer asks for every frame of a study, and each would otherwise be a
-        # round trip to the registry; a change (opt-out, expiry) takes effect within cache_seconds. Denials are
-        # never cached, so access granted by break-glass or a new relationship shows at once.
-        self.cache_seconds = cache_seconds
-        self._permits: dict[tuple, float] = {}
+        self.permits = PermitCache(cache_seconds)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -59,8 +79,8 @@ class PolicyClient:
         studies = list(dict.fromkeys(studies))
         now = time.monotonic()
         who = tuple(sorted(requester.as_json().items()))
-        cached_docs = {d: CACHED for d in documents if self._permits.get((who, "d", d), 0) > now}
-        cached_studies = {s: CACHED for s in studies if self._permits.get((who, "s", s), 0) > now}
+        cached_docs = {d: CACHED for d in documents if self.permits.permitted((who, "d", d), now)}
+        cached_studies = {s: CACHED for s in studies if self.permits.permitted((who, "s", s), now)}
         documents = [d for d in documents if d not in cached_docs]
         studies = [s for s in studies if s not in cached_studies]
         if not documents and not studies:
@@ -68,12 +88,8 @@ class PolicyClient:
         try:
             answer = await self._ask(requester, documents, studies)
             docs, found = self._read(answer.get("documents"), documents), self._read(answer.get("studies"), studies)
-            if self.cache_seconds > 0:
-                if len(self._permits) > 10_000:
-                    self._permits = {k: t for k, t in self._permits.items() if t > now}
-                until = now + self.cache_seconds
-                self._permits.update({(who, "d", d): until for d, v in docs.items() if v.permit})
-                self._permits.update({(who, "s", s): until for s, v in found.items() if v.permit})
+            self.permits.remember([(who, "d", d) for d, v in docs.items() if v.permit]
+                                  + [(who, "s", s) for s, v in found.items() if v.permit], now)
             return {**cached_docs, **docs}, {**cached_studies, **found}
         except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError) as exc:
             log.error("access policy at %s could not be asked: %s", self.url, exc)
