@@ -85,7 +85,33 @@ def app_config_js(dicomweb_root: str) -> str:
         "  var c = window.config.dataSources[0].configuration;\n"
         "  c.wadoUriRoot = c.qidoRoot = c.wadoRoot = root;\n"
         "})();\n"
+        + _FEWER_WEBGL_CONTEXTS
     )
+
+
+# cornerstone3D's rendering engines each create a pool of WebGL contexts up front (7 by default; OHIF's thumbnails
+# make a second engine, so 14 of the 16 a Chrome page may hold) and OHIF has no setting for the number. One
+# context per engine is what cornerstone uses on mobile devices: viewports then share it and render in turn.
+# Creating the six others costs 80 to 100 ms before the first frame on a machine without a GPU (docs/benchmarks.md).
+# OHIF's cornerstone extension publishes the library as window.cornerstone just before it initialises it; this
+# initialises it first with the one change (OHIF's own call then finds it initialised). Should a later OHIF do
+# otherwise, the setter is never called or the library is already initialised, and OHIF's defaults apply.
+WEBGL_CONTEXTS = 1
+_FEWER_WEBGL_CONTEXTS = (
+    "(function () {\n"
+    "  var library;\n"
+    "  Object.defineProperty(window, 'cornerstone', {configurable: true, enumerable: true,\n"
+    "    get: function () { return library; },\n"
+    "    set: function (value) {\n"
+    "      library = value;\n"
+    "      try {\n"
+    "        if (value && typeof value.init === 'function' && !(value.isCornerstoneInitialized && "
+    "value.isCornerstoneInitialized()))\n"
+    f"          value.init({{rendering: {{webGlContextCount: {WEBGL_CONTEXTS}}}}});\n"
+    "      } catch (e) { console.warn('portal: cornerstone rendering settings not applied', e); }\n"
+    "    }});\n"
+    "})();\n"
+)
 
 
 def patch_index_html(text: str, prefix: str = PREFIX) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pydicom
 import pytest
 
+from consumer.portal import viewer
 from consumer.portal.viewer import DEFAULT_OHIF_DIR
 from tests.conftest import free_port
 from tests.imaging_source.conftest import new_imaging_database  # noqa: F401  (fixtures)
@@ -73,6 +74,8 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
                     (tmp_path / "requests.txt").write_text("\n".join(requests))
                     (tmp_path / "dicomweb-requests.txt").write_text("\n".join(asked))
                 csp = await page.evaluate("window.__csp")
+                # app-config.js set cornerstone's WebGL context pool before OHIF initialised it (viewer.py)
+                contexts = await page.evaluate("window.cornerstone.getConfiguration().rendering.webGlContextCount")
             finally:
                 await browser.close()
     finally:
@@ -86,6 +89,7 @@ async def test_ohif_draws_a_ct_study_through_the_proxy(ct_source, tmp_path: Path
                and not r.split(" ", 1)[1].startswith(origin + "/")]
     assert outside == []
     assert csp == []
+    assert contexts == viewer.WEBGL_CONTEXTS
     assert [f for f in failures if "/dicomweb/" in f] == []
     assert any(f"/dicomweb/studies/{study}/series" in r for r in dicomweb)
     assert any("/frames/" in r for r in dicomweb), dicomweb

@@ -128,6 +128,7 @@ async def test_app_config_is_ours_not_the_published_one(dist: Path) -> None:
     c = source["configuration"]
     assert c["qidoRoot"] == c["wadoRoot"] == c["wadoUriRoot"] == "https://portal.example.org/dicomweb"
     assert config.get("dangerouslyUseDynamicConfig") is None and "customizationUrlPrefixes" not in config
+    assert f"webGlContextCount: {viewer.WEBGL_CONTEXTS}" in text
 
 
 def evaluate_config(script: str, origin: str) -> dict:
