@@ -60,10 +60,8 @@ READY = "xds-local: ready"
 TARGETS = {"list_ms": 300.0, "first_frame_ms": 1500.0, "qido_ratio": 2.0}
 
 # The first frame: cornerstone (OHIF's renderer) fires CORNERSTONE_IMAGE_RENDERED on the viewport element after
-# drawing into its canvas; at each one the canvas is checked (enough of it lit, in enough grey levels, to be an
-# image) and the first time it passes is kept, in milliseconds since the navigation started. Checking only on
-# those events, rather than polling the canvas, keeps the measurement from stealing the main thread (a
-# readback of a WebGL-fed canvas is expensive in a software renderer). A slow poll backs it up.
+# drawing into its canvas; the canvas is then checked (enough of it lit, in enough grey levels, to be an image)
+# and the first time it passes is kept, in milliseconds since the navigation started.
 CANVAS_HAS_IMAGE = """() => {
   const c = document.querySelector('canvas.cornerstone-canvas');
   if (!c || !c.width || !c.height) return false;
@@ -72,18 +70,42 @@ CANVAS_HAS_IMAGE = """() => {
   for (let i = 0; i < d.length; i += 28) { if (d[i] | d[i + 1] | d[i + 2]) { lit++; levels.add(d[i]); } }
   return lit * 7 > 0.05 * c.width * c.height && levels.size > 16;
 }"""
-# The canvas is read (getImageData, a GPU readback) only when cornerstone says it has drawn, not on every poll:
-# each read takes 7 to 40 ms of the page's main thread in software WebGL, which polling would add to the figure it
-# measures. A fallback reads it once a second in case no event follows the drawing.
+# The canvas is checked only when cornerstone says it has drawn (its IMAGE_RENDERED event for the viewport holding
+# that canvas, not a thumbnail's, with a viewport status other than "no data" or "loading"), and not on the page's
+# main thread: a readback of a WebGL-fed canvas takes 25 to 65 ms there in software rendering, which would be added
+# to the figure it measures. The event takes a snapshot (createImageBitmap, a GPU copy) and a worker reads its
+# pixels; the first frame is the time of the event whose snapshot holds the image. Should the snapshot fail, the
+# canvas is read on the main thread once a second instead.
 FIRST_FRAME_WATCH = f"""(() => {{
   const drawn = {CANVAS_HAS_IMAGE};
   window.__firstFrame = null;
-  let lastRead = performance.now();
+  let lastRead = performance.now(), reader = null;
+  try {{
+    reader = new Worker(URL.createObjectURL(new Blob([`onmessage = (m) => {{
+      const b = m.data.bitmap, c = new OffscreenCanvas(b.width, b.height), g = c.getContext('2d');
+      g.drawImage(b, 0, 0); const d = g.getImageData(0, 0, b.width, b.height).data;
+      let lit = 0; const levels = new Set();
+      for (let i = 0; i < d.length; i += 28) {{ if (d[i] | d[i + 1] | d[i + 2]) {{ lit++; levels.add(d[i]); }} }}
+      postMessage({{at: m.data.at, drawn: lit * 7 > 0.05 * b.width * b.height && levels.size > 16}});
+    }};`], {{type: 'text/javascript'}})));
+    reader.onmessage = (m) => {{
+      const f = window.__firstFrame;
+      if (m.data.drawn && (f === null || m.data.at < f)) window.__firstFrame = m.data.at;
+    }};
+  }} catch (e) {{ reader = null; }}
   const look = () => {{
     lastRead = performance.now();
     if (window.__firstFrame === null && drawn()) window.__firstFrame = performance.now();
   }};
-  document.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => {{ if (window.__firstFrame === null) look(); }}, true);
+  document.addEventListener('CORNERSTONE_IMAGE_RENDERED', (e) => {{
+    const d = e.detail || {{}}, c = document.querySelector('canvas.cornerstone-canvas');
+    if (window.__firstFrame !== null || !c || !c.width || !c.height || (d.element && !d.element.contains(c))
+        || d.viewportStatus === 'noData' || d.viewportStatus === 'loading') return;
+    const at = performance.now();
+    if (reader === null) return look();
+    lastRead = at;
+    createImageBitmap(c).then((bitmap) => reader.postMessage({{at, bitmap}}, [bitmap]), look);
+  }}, true);
   window.__checkFrame = () => {{
     if (window.__firstFrame === null && performance.now() - lastRead > 1000) look();
     return window.__firstFrame;
