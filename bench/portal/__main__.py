@@ -55,6 +55,11 @@ from bench.load import percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
+# Chromium on a machine without a GPU, as Chrome runs where it has none (chrome://gpu: "Compositing: Software
+# only", "WebGL: Software only"): WebGL in SwiftShader, the page composited by the software compositor. Forcing
+# SwiftShader alone would also composite every frame through it, which no real browser does (about 200 ms more to
+# the viewer's first frame here; docs/benchmarks.md).
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-gpu-compositing"]
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 READY = "xds-local: ready"
 TARGETS = {"list_ms": 300.0, "first_frame_ms": 1500.0, "qido_ratio": 2.0}
@@ -541,7 +546,7 @@ async def browser_runs(portal: str, cookies: list[dict], nhs: str, ct_uid: str, 
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+                                           args=CHROMIUM_ARGS)
         try:
             contexts = []
             for _ in range(2):  # one for the list, a fresh one (empty cache) for the viewer
@@ -595,8 +600,9 @@ def markdown(report: dict) -> str:
         f"One patient with {s['documents']} documents at 3 hospitals ({report['imaging']} imaging manifests, "
         f"{s['documents'] - report['imaging']} reports), a {s['ct_instances']}-image CT (512x512, 16 bit); every "
         f"service a real process on loopback (xds-local: registry, 3 repositories, 3 imaging sources, canaille, "
-        f"the portal), PostgreSQL {report['database']}, Chromium {report['chromium']} headless (SwiftShader), "
-        f"Orthanc {orthanc_version()}. Load average at start / end: {report['load_start']} / {report['load_end']}"
+        f"the portal), PostgreSQL {report['database']}, Chromium {report['chromium']} headless (no GPU: WebGL "
+        f"in SwiftShader, software compositing), Orthanc {orthanc_version()}. Load average at start / end: "
+        f"{report['load_start']} / {report['load_end']}"
         f"{' (a shared, loaded machine)' if report['shared'] else ''}.",
         "",
         "| measure | p50 | p90 | runs | target |",

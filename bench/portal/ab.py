@@ -21,7 +21,7 @@ import json
 import re
 
 from bench.load import percentile
-from bench.portal.__main__ import CHROMIUM, FIRST_FRAME_WATCH, LIST_RENDERED_WATCH, load
+from bench.portal.__main__ import CHROMIUM, CHROMIUM_ARGS, FIRST_FRAME_WATCH, LIST_RENDERED_WATCH, load
 
 VARIANTS = {
     "base": "",
@@ -150,7 +150,7 @@ async def main_async(args) -> None:
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+                                           args=CHROMIUM_ARGS)
         try:
             print(f"load {load()}", flush=True)
             if args.list_runs:
