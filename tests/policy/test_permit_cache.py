@@ -5,6 +5,7 @@ asks the registry once per user and study rather than once per frame."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -74,33 +75,31 @@ async def portal_with_guard(policy: PolicyEndpoint, http: aiohttp.ClientSession,
     return TestClient(TestServer(app))
 
 
-async def test_the_portal_asks_once_per_user_and_study_and_every_time_it_was_denied():
-    policy = PolicyEndpoint()
-    await policy.server.start_server()
-    async with aiohttp.ClientSession() as http:
-        client = await portal_with_guard(policy, http, 10)
-        async with client:
-            for frame in range(1, 6):  # a viewer's frames of one study: one question
-                r = await client.get(f"/dicomweb/studies/1.2.3/frames/{frame}", headers={"X-User": "a"})
-                assert r.status == 200 and await r.text() == "study 1.2.3"
-            assert len(policy.asked) == 1
-            for _ in range(3):  # denied: asked again each time, never served
-                r = await client.get("/dicomweb/studies/1.2.3/frames/1", headers={"X-User": "c"})
-                assert r.status == 403 and "no care relationship" in await r.text()
-            assert len(policy.asked) == 4
-            r = await client.get("/dicomweb/studies/9.9.9/metadata", headers={"X-User": "a"})  # another study
-            assert r.status == 403 and len(policy.asked) == 5
-    await policy.server.close()
+@pytest.fixture
+async def policy():
+    endpoint = PolicyEndpoint()
+    await endpoint.server.start_server()
+    yield endpoint
+    await endpoint.server.close()
 
 
-async def test_with_no_cache_seconds_every_request_is_asked():
-    policy = PolicyEndpoint()
-    await policy.server.start_server()
-    async with aiohttp.ClientSession() as http:
-        client = await portal_with_guard(policy, http, 0)
-        async with client:
-            for _ in range(3):
-                r = await client.get("/dicomweb/studies/1.2.3/metadata", headers={"X-User": "a"})
-                assert r.status == 200
-            assert len(policy.asked) == 3
-    await policy.server.close()
+async def test_the_portal_asks_once_per_user_and_study_and_every_time_it_was_denied(policy):
+    async with aiohttp.ClientSession() as http, await portal_with_guard(policy, http, 10) as client:
+        for frame in range(1, 6):  # a viewer's frames of one study: one question
+            r = await client.get(f"/dicomweb/studies/1.2.3/frames/{frame}", headers={"X-User": "a"})
+            assert r.status == 200 and await r.text() == "study 1.2.3"
+        assert len(policy.asked) == 1
+        for _ in range(3):  # denied: asked again each time, never served
+            r = await client.get("/dicomweb/studies/1.2.3/frames/1", headers={"X-User": "c"})
+            assert r.status == 403 and "no care relationship" in await r.text()
+        assert len(policy.asked) == 4
+        r = await client.get("/dicomweb/studies/9.9.9/metadata", headers={"X-User": "a"})  # another study
+        assert r.status == 403 and len(policy.asked) == 5
+
+
+async def test_with_no_cache_seconds_every_request_is_asked(policy):
+    async with aiohttp.ClientSession() as http, await portal_with_guard(policy, http, 0) as client:
+        for _ in range(3):
+            r = await client.get("/dicomweb/studies/1.2.3/metadata", headers={"X-User": "a"})
+            assert r.status == 200
+        assert len(policy.asked) == 3
