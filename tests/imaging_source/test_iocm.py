@@ -101,6 +101,7 @@ def test_an_ordinary_kos_rejects_nothing(samples, tmp_path):
     assert read_rejection_note(ds) is None
 
 
+@pytest.mark.needs_shared("xsd")
 def test_deprecation_request_is_iti57_and_schema_valid():
     request = deprecation_request("urn:uuid:0b1b3a0c-2f9e-4c55-8a55-0f6c1f6f3a11",
                                   Identifiable("9434765919", NHS_OID), source_id="1.2.3",
@@ -234,6 +235,7 @@ async def test_rejected_instance_leaves_the_manifest_and_is_no_longer_served(hos
     assert not [r for r in status_rows(source) if r["study_uid"] == study_uid]
 
 
+@pytest.mark.needs_shared("xsd")
 @pytest.mark.parametrize("refusals", [0, 1])
 async def test_withdrawn_study_sends_iti57_deprecation(new_imaging_database, registry_database_url, samples,
                                                        tmp_path, refusals, stops):
