@@ -44,12 +44,7 @@ async def registry_stored_query(registry: Registry, request: SoapRequest) -> Soa
         params = parse_parameters(stored.params, stored.alternatives, query.slots)
         warnings = params.warnings
         home = home_community(registry.settings.home_community_id, query.home, params)
-        sql = Sql(leaf_class)
-        statement = stored.build(params, sql, registry.settings.max_query_results + 1)
-        objects = await fetch_objects(registry.pool, statement)
-        check_result(objects, registry.settings.max_query_results, leaf_class)
-        if registry.policy is not None:  # the access policy: only what the requester may see leaves
-            objects = await permitted(registry, request, objects)
+        objects = await matching_objects(registry, request, stored, params, leaf_class)
     except XDSError as exc:
         body = adhoc_query_response(errors=[*warnings, *exc.errors])
         return SoapReply(ACTION_ITI18_RESPONSE, body)
@@ -66,6 +61,34 @@ async def registry_stored_query(registry: Registry, request: SoapRequest) -> Soa
         add_participant_object(patient(patient_id))
     return SoapReply(ACTION_ITI18_RESPONSE,
                      adhoc_query_response(objects, leaf_class=leaf_class, home=home, errors=warnings))
+
+
+# With the access policy on, how many times the registry's limit a query may read to find what the requester may
+# see (the rows withheld from it do not count).
+POLICY_READ_FACTORS = (1, 2, 4, 8)
+
+
+async def matching_objects(registry: Registry, request: SoapRequest, stored: StoredQuery, params: Parameters,
+                           leaf_class: bool) -> list[ResultObject]:
+    """The query's objects that the requester may see, checked against the registry's limit and for a single
+    patient after the access policy's filter: what is withheld from the requester neither counts towards
+    XDSTooManyResults nor makes the answer "not single patient" (either would tell that it exists)."""
+    limit = registry.settings.max_query_results
+    for factor in POLICY_READ_FACTORS:
+        read = factor * limit + 1
+        objects = await fetch_objects(registry.pool, stored.build(params, Sql(leaf_class), read))
+        if registry.policy is None:
+            break
+        exhausted = len(objects) < read
+        objects = await permitted(registry, request, objects)
+        if exhausted or len(objects) > limit:
+            break
+    else:
+        raise XDSError.of(ErrorCode.TOO_MANY_RESULTS,
+                          f"the query matches more than {read - 1} objects, too many to apply the access policy to "
+                          f"(the registry's limit is {limit}); narrow it with more parameters")
+    check_result(objects, limit, leaf_class)
+    return objects
 
 
 async def permitted(registry: Registry, request: SoapRequest, objects: list[ResultObject]) -> list[ResultObject]:

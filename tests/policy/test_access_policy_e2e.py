@@ -484,3 +484,43 @@ async def test_imaging_retrieval_points_refuse_without_a_relationship(region, sa
     await adt(region, "C", "A01", nhs)
     status, _ = await http("C", wado_rs, 'multipart/related; type="application/dicom"')
     assert status == 200
+
+
+async def test_what_is_withheld_does_not_count_towards_the_registrys_limit(region, tmp_path):
+    """XDSTooManyResults applies to what the requester may see: with a limit of 3, hospital B's user gets its own
+    2 of the patient's 6 documents (before, the 4 withheld from it made the answer "too many" and told that they
+    exist); hospital C (4 of its own) and hospital A (6, by its admission) are told to narrow the query."""
+    from lxml import etree
+
+    trust = write_trust_file(tmp_path, [region.signer])
+    small = start_registry_process(region.database_url, "--affinity-domain-oid", NHS_OID, "--access-policy",
+                                   str(region.policy), "--xua", "optional", "--xua-trust", str(trust),
+                                   "--max-query-results", "3")
+    try:
+        nhs = valid_nhs_number()
+        await adt(region, "A", "A01", nhs)
+        at_b = [await submit(region, "B", nhs) for _ in range(2)]
+        at_c = [await submit(region, "C", nhs) for _ in range(4)]
+        find = {"$XDSDocumentEntryPatientId": f"'{nhs}^^^&{NHS_OID}&ISO'",
+                "$XDSDocumentEntryStatus": quoted_list([APPROVED])}
+
+        async def answer(key: str | None, return_type: str) -> bytes:
+            async with as_user(region, key) as client:
+                result = await client.call(small.url, ACTION_ITI18,
+                                           adhoc_query_request(FIND_DOCUMENTS, find, return_type))
+            return etree.tostring(result.body)
+
+        for return_type in ("LeafClass", "ObjectRef"):
+            text = await answer("B", return_type)
+            assert b"ResponseStatusType:Success" in text and b"XDSTooManyResults" not in text, text[:1500]
+            assert {d.entry_uuid for d in at_b + at_c if d.entry_uuid.encode() in text} == {d.entry_uuid
+                                                                                             for d in at_b}
+            for key in ("C", "A"):
+                text = await answer(key, return_type)
+                assert b"ResponseStatusType:Failure" in text and b"XDSTooManyResults" in text, text[:1500]
+                assert not any(d.entry_uuid.encode() in text for d in at_b + at_c)
+            text = await answer(None, return_type)  # no identity: nothing, and no error that counts them
+            assert b"ResponseStatusType:Success" in text and not any(d.entry_uuid.encode() in text
+                                                                     for d in at_b + at_c)
+    finally:
+        small.stop()
