@@ -9,6 +9,7 @@ the registry does not know (not yet published) is served only to this imaging so
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
@@ -39,6 +40,19 @@ async def study_decisions(source: ImagingSource, request: web.Request, studies: 
         return {s: Decision(True, "no access policy configured", "off") for s in studies}
     _, decisions = await policy.decide(requester_of(request), studies=studies)
     return decisions
+
+
+def permitted_studies(source: ImagingSource,
+                      request: web.Request) -> Callable[[Iterable[str]], Awaitable[set[str]]] | None:
+    """For QIDO-RS: which of some studies the requester of ``request`` may see; None without a policy."""
+    if policy_of(source) is None:
+        return None
+
+    async def permitted(studies: Iterable[str]) -> set[str]:
+        decisions = await study_decisions(source, request, sorted(set(studies)))
+        return {s for s, d in decisions.items() if d.permit}
+
+    return permitted
 
 
 def guard(source: ImagingSource, prefixes: tuple[str, ...]):

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
@@ -644,6 +644,19 @@ class Scope:
     series_uid: str | None = None
 
 
+# The studies of a candidate list that the requester may see (imaging_source.access.permitted_studies); None: no
+# access policy. Applied before paging, so that limit and offset count only what the requester may see.
+Permitted = Callable[[Iterable[str]], Awaitable[set[str]]] | None
+
+
+async def _allowed(rows: list, permitted: Permitted) -> list:
+    """The index ``rows`` (each with its ``study_uid``) of studies the requester may see."""
+    if permitted is None or not rows:
+        return rows
+    keep = await permitted({r["study_uid"] for r in rows})
+    return [r for r in rows if r["study_uid"] in keep]
+
+
 def _page(items: list, query: Query) -> list:
     """The results from ``offset``, at most ``limit`` (and never more than MAX_RESULTS: the rest is warned of)."""
     end = query.offset + (MAX_RESULTS if query.limit is None else min(query.limit, MAX_RESULTS))
@@ -658,7 +671,8 @@ async def _study_datasets(conn, rows: list, base: str) -> list[JsonDataset]:
     return [study_dataset({**dict(counts.get(r["study_uid"], empty)), **dict(r)}, base) for r in rows]
 
 
-async def search_studies(source: ImagingSource, query: Query, params: Mapping[str, list[str]]) -> list[JsonDataset]:
+async def search_studies(source: ImagingSource, query: Query, params: Mapping[str, list[str]],
+                         permitted: Permitted = None) -> list[JsonDataset]:
     base = source.settings.wado_rs_url
     single = {k: v[0] for k, v in params.items() if len(v) == 1}
     uids = _uids_param(params, "StudyInstanceUID")
@@ -666,11 +680,13 @@ async def search_studies(source: ImagingSource, query: Query, params: Mapping[st
     in_sql = {tag_key(tag_for_keyword("StudyInstanceUID"))}
     in_sql |= {tag_key(tag_for_keyword("PatientID"))} if patient_id else set()
     in_sql |= {tag_key(tag_for_keyword("AccessionNumber"))} if accession else set()
-    paged_in_sql = query.key_tags() <= in_sql  # the index filters exactly as the keys would: page there
+    # The index filters exactly as the keys would: page there (not under an access policy, which decides after)
+    paged_in_sql = query.key_tags() <= in_sql and permitted is None
     async with source.pool.acquire() as conn:
         window = MAX_RESULTS + 1 if query.limit is None else min(query.limit, MAX_RESULTS + 1)
         rows = await conn.fetch(_STUDY_SQL, uids, patient_id, accession,
                                 window if paged_in_sql else None, query.offset if paged_in_sql else 0)
+        rows = await _allowed(rows, permitted)
         if paged_in_sql:
             page = _page(rows, replace(query, offset=0, warnings=query.warnings))
             return [project(ds, query, STUDY_DEFAULTS) for ds in await _study_datasets(conn, page, base)]
@@ -689,11 +705,12 @@ async def _studies_by_uid(conn, uids: list[str], base: str) -> dict[str, JsonDat
 
 
 async def search_series(source: ImagingSource, query: Query, params: Mapping[str, list[str]],
-                        scope: Scope) -> list[JsonDataset]:
+                        scope: Scope, permitted: Permitted = None) -> list[JsonDataset]:
     base = source.settings.wado_rs_url
     studies = _intersect([scope.study_uid] if scope.study_uid else None, _uids_param(params, "StudyInstanceUID"))
     async with source.pool.acquire() as conn:
-        rows = await conn.fetch(_SERIES_SQL, studies, _uids_param(params, "SeriesInstanceUID"))
+        rows = await _allowed(await conn.fetch(_SERIES_SQL, studies, _uids_param(params, "SeriesInstanceUID")),
+                              permitted)
         study_of = await _studies_by_uid(conn, sorted({r["study_uid"] for r in rows}), base)
     need_files = _needs_files(query, SERIES_INDEXED | STUDY_COMPUTED, True)
     entities = []
@@ -720,13 +737,13 @@ async def search_series(source: ImagingSource, query: Query, params: Mapping[str
 
 
 async def search_instances(source: ImagingSource, query: Query, params: Mapping[str, list[str]],
-                           scope: Scope) -> list[JsonDataset]:
+                           scope: Scope, permitted: Permitted = None) -> list[JsonDataset]:
     base = source.settings.wado_rs_url
     studies = _intersect([scope.study_uid] if scope.study_uid else None, _uids_param(params, "StudyInstanceUID"))
     series = _intersect([scope.series_uid] if scope.series_uid else None, _uids_param(params, "SeriesInstanceUID"))
     async with source.pool.acquire() as conn:
-        rows = await conn.fetch(_INSTANCE_SQL, studies, series, _uids_param(params, "SOPInstanceUID"),
-                                _uids_param(params, "SOPClassUID"))
+        rows = await _allowed(await conn.fetch(_INSTANCE_SQL, studies, series, _uids_param(params, "SOPInstanceUID"),
+                                               _uids_param(params, "SOPClassUID")), permitted)
         series_rows = await conn.fetch(_SERIES_SQL, None, sorted({r["series_uid"] for r in rows})) if rows else []
         study_of = await _studies_by_uid(conn, sorted({r["study_uid"] for r in rows}), base) if rows else {}
     series_of = {r["series_uid"]: series_dataset(r, base) for r in series_rows}
@@ -846,15 +863,16 @@ def build_routes(source: ImagingSource) -> web.RouteTableDef:
         params: dict[str, list[str]] = {}
         for name, value in pairs:
             params.setdefault(name, []).append(value)
-        if level is Level.STUDY:
-            results = await search_studies(source, query, params)
-        elif level is Level.SERIES:
-            results = await search_series(source, query, params, scope)
-        else:
-            results = await search_instances(source, query, params, scope)
-        from imaging_source.access import filter_results
+        from imaging_source.access import filter_results, permitted_studies
 
-        results = await filter_results(source, request, results)  # the access policy: only permitted studies
+        permitted = permitted_studies(source, request)  # the access policy, before limit and offset
+        if level is Level.STUDY:
+            results = await search_studies(source, query, params, permitted)
+        elif level is Level.SERIES:
+            results = await search_series(source, query, params, scope, permitted)
+        else:
+            results = await search_instances(source, query, params, scope, permitted)
+        results = await filter_results(source, request, results)  # and every result once more, by its study UID
         headers = {}
         if query.warnings:
             service = source.settings.wado_rs_url

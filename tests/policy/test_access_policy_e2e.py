@@ -524,3 +524,30 @@ async def test_what_is_withheld_does_not_count_towards_the_registrys_limit(regio
                                                                      for d in at_b + at_c)
     finally:
         small.stop()
+
+
+async def test_qido_limit_and_offset_count_only_what_the_requester_may_see(region, samples, tmp_path):
+    """Two studies at hospital A's imaging source; hospital B cares for the patient of the older one only. Its
+    QIDO-RS searches with limit=1 find that study (before, the newer, withheld study took the one place and the
+    answer was empty), and offset=1 finds nothing."""
+    studies: dict[str, str] = {}
+    for which, date in (("withheld", "20300101"), ("seen", "19900101")):  # newest first in a study search
+        nhs, number = valid_nhs_number(), f"A{uuid.uuid4().int % 10**7:07d}"
+        await adt(region, "A", "A01", nhs, number)
+        if which == "seen":
+            await adt(region, "B", "A01", nhs)
+        ds = study_copy(samples["CT"], tmp_path / which, number, IssuerOfPatientID="HOSPA", StudyDate=date)
+        storescu(region.imaging.dicom_port, tmp_path / which)
+        await wait_for(lambda nhs=nhs, uid=ds.StudyInstanceUID: published(region, nhs, uid), what="the manifest")
+        studies[which] = ds.StudyInstanceUID
+
+    async def search(path: str) -> tuple[int, list[str]]:
+        headers = {"Accept": "application/dicom+json", **http_headers(region, "B")}
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"{region.imaging.url}/dicomweb/{path}", headers=headers) as response:
+            found = await response.json(content_type=None) if response.status == 200 else []
+        return response.status, [item["0020000D"]["Value"][0] for item in found]
+
+    for level in ("studies", "series", "instances"):
+        assert await search(f"{level}?limit=1") == (200, [studies["seen"]]), level
+        assert await search(f"{level}?limit=1&offset=1") == (204, []), level
