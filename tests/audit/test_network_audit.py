@@ -24,7 +24,11 @@ from ihe.http import SoapReply, SoapService
 from ihe.namespaces import ACTION_ITI18
 from tests.audit.support import fetch, make_certificates, migrate_audit, start_audit_process
 from tests.conftest import start_registry_process
-from tests.imaging_source.conftest import new_imaging_database, send_with_pynetdicom, start_imaging_source
+from tests.imaging_source.conftest import (
+    new_imaging_database,  # noqa: F401  (fixtures)
+    send_with_pynetdicom,
+    start_imaging_source,
+)
 from tests.messages import FIND_DOCUMENTS, new_patient_id, provide_and_register_request, quoted, stored_query_envelope
 from tests.repository.conftest import start_repository_process
 from tests.repository.wire import inline_request
@@ -56,7 +60,7 @@ async def _adt(port: int, cx: str) -> str:
         writer.close()
 
 
-def test_every_service_audits_what_it_handles(registry_database_url, new_imaging_database, tmp_path):
+def test_every_service_audits_what_it_handles(registry_database_url, new_imaging_database, tmp_path):  # noqa: F811
     certs = make_certificates(tmp_path / "certs")
     migrate_audit(registry_database_url)
     audit = start_audit_process(registry_database_url, certs)
@@ -172,7 +176,7 @@ async def test_a_full_spool_refuses_new_work(tmp_path, caplog):
     auditor.close()
 
 
-def test_a_full_spool_refuses_c_store_and_wado_at_the_imaging_source(registry_database_url, tmp_path):
+def test_a_full_spool_refuses_c_store_and_wado_at_the_imaging_source(new_imaging_database, tmp_path):  # noqa: F811
     from tests.conftest import free_port
 
     unreachable = free_port()  # nothing listens: records stay in the spool
