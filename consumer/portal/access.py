@@ -116,6 +116,12 @@ def needs_second_factor(portal: Portal, request: web.Request, acr: str | None) -
 
 
 GUARDED = ("/dicomweb/studies/{study}", "/documents/{repository_unique_id}/{document_unique_id}")
+# A report or study that is not registered and one the user's organisation may not see get the same answer, so that
+# a link or a guessed uniqueId does not tell which exist (the reason is logged; the patient's page, which the user
+# reached by a search, says why and offers break-glass).
+UNSEEN = ("unregistered", "no-relationship")
+UNSEEN_REASON = ("not available to you: it is not registered in the region, or your organisation has no care "
+                 "relationship with its patient (the patient's page says which, and offers break-glass)")
 
 
 def guard(portal: Portal):
@@ -146,6 +152,9 @@ def guard(portal: Portal):
             decision = answer.get(kind, {}).get(uid) if status == 200 and isinstance(answer, dict) else None
             if not isinstance(decision, dict) or decision.get("permit") is not True:
                 reason = decision.get("reason") if isinstance(decision, dict) else f"HTTP {status}: {answer}"
+                if isinstance(decision, dict) and decision.get("basis") in UNSEEN:
+                    log.info("access policy: %s %s refused to %s: %s", kind, uid, session.user, reason)
+                    reason = UNSEEN_REASON
                 raise web.HTTPForbidden(text=f"access policy: {reason}")
             permits.remember([key])
         return await handler(request)

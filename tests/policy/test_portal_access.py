@@ -118,8 +118,12 @@ def test_no_relationship_is_said_and_break_glass_opens_the_record_for_that_user(
     assert at_b.get(report, timeout=60).status_code == 200
     denied = at_c.get(report, timeout=60)  # the report's link (or a guessed uniqueId) does not get around it
     assert denied.status_code == 403 and "no care relationship" in denied.text and "letter" not in denied.text
+    # A guessed uniqueId or study UID gets the very answer a denied one gets: neither tells which exist.
+    guessed_report = at_c.get(f"{setup.portal.url}/documents/{HOSPITALS['B'].repository_unique_id}/"
+                              f"2.25.{uuid.uuid4().int}", timeout=60)
+    assert (guessed_report.status_code, guessed_report.text) == (403, denied.text)
     guessed = at_c.get(f"{setup.portal.url}/dicomweb/studies/2.25.{uuid.uuid4().int}/metadata", timeout=60)
-    assert guessed.status_code == 403 and "not registered" in guessed.text
+    assert guessed.status_code == 403 and guessed.text == denied.text
     api = at_c.get(f"{setup.portal.url}/api/patients/{nhs}/documents", timeout=60)
     assert api.status_code == 403 and api.json()["break_glass"] is True and letter not in api.text
     [form] = [f for f in html.fromstring(page.text).forms if (f.action or "").endswith("/break-glass")]
