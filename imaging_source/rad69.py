@@ -165,14 +165,16 @@ def build_handler(source: ImagingSource):
             imaging_request = parse_request(soap.body)
             async with source.pool.acquire() as conn:
                 rows = await store.find_instances(conn, [d.document_unique_id for d in imaging_request.documents])
+            if policy_of(source) is not None and rows:
+                # The access policy, by each instance's own study, before anything else is said of it: an instance
+                # the requester may not see is answered as one not held here (the reason goes to the log).
+                decisions = await study_decisions(source, request, sorted({r["study_uid"] for r in rows.values()}))
+                for uid, row in list(rows.items()):
+                    if not decisions[row["study_uid"]].permit:
+                        log.info("access policy: SOP instance %s refused: %s", uid,
+                                 decisions[row["study_uid"]].reason)
+                        del rows[uid]
             answers, errors = resolve(imaging_request, rows, repository_id)
-            if policy_of(source) is not None:  # the access policy, per study: denied instances are errors
-                decisions = await study_decisions(source, request, [a.request.study_uid for a in answers])
-                refused = [a for a in answers if not decisions[a.request.study_uid].permit]
-                errors += [error(ErrorCode.DOCUMENT_UNIQUE_ID_ERROR, f"SOP instance {a.request.document_unique_id} "
-                                 f"is not available to this requester: {decisions[a.request.study_uid].reason}",
-                                 a.request.document_unique_id) for a in refused]
-                answers = [a for a in answers if decisions[a.request.study_uid].permit]
             ok = []
             for answer in answers:
                 stored_ts = rows[answer.request.document_unique_id]["transfer_syntax_uid"]

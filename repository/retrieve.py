@@ -78,9 +78,7 @@ def plan_retrieve(
                 f"document {r.document_unique_id} was requested from repository {r.repository_unique_id or '(none)'}; "
                 f"this is repository {repository_unique_id}", r.repository_unique_id))
         elif r.document_unique_id not in held:
-            errors.append(error(ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
-                                f"repository {repository_unique_id} holds no document {r.document_unique_id}",
-                                r.document_unique_id))
+            errors.append(not_held(repository_unique_id, r.document_unique_id))
         else:
             answers.append(DocumentAnswer(r, held[r.document_unique_id], new_content_id()))
     return answers, errors
@@ -105,8 +103,8 @@ def build_retrieve_response(answers: Sequence[DocumentAnswer], errors: Sequence[
 
 async def permitted(repo: Repository, soap: SoapRequest, answers: list[DocumentAnswer],
                     errors: list[RegistryError]) -> list[DocumentAnswer]:
-    """The answers the registry's access policy permits; an XDSDocumentUniqueIdError naming the reason for the
-    others (the same code as an unknown document: a denied one is not there for this requester)."""
+    """The answers the registry's access policy permits; for the others the answer an unknown document gets (a
+    denied one is not there for this requester)."""
     from ihe.policy.requester import requester_of_soap
 
     decisions, _ = await repo.policy.decide(requester_of_soap(soap),
@@ -117,10 +115,16 @@ async def permitted(repo: Repository, soap: SoapRequest, answers: list[DocumentA
         if d.permit:
             kept.append(a)
         else:
-            errors.append(error(ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
-                                f"document {a.document.unique_id} is not available to this requester: {d.reason}",
-                                a.document.unique_id))
+            log.info("access policy: document %s refused: %s", a.document.unique_id, d.reason)
+            errors.append(not_held(repo.settings.repository_unique_id, a.document.unique_id))
     return kept
+
+
+def not_held(repository_unique_id: str, document_unique_id: str) -> RegistryError:
+    """The answer for a document this repository does not hold, and for one the access policy refuses: the same,
+    so that a uniqueId does not tell whether it exists (the refusal's reason goes to the log and the audit)."""
+    return error(ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
+                 f"repository {repository_unique_id} holds no document {document_unique_id}", document_unique_id)
 
 
 async def retrieve_document_set(repo: Repository, soap: SoapRequest) -> tuple[etree._Element, list[Attachment]]:

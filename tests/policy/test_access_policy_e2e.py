@@ -263,11 +263,16 @@ async def visible(region: Region, key: str | None, nhs: str, docs: list[Doc], **
 
 async def retrieve(region: Region, key: str | None, doc: Doc, **who) -> tuple[bool, list[str]]:
     """ITI-43 of ``doc`` from its repository as hospital ``key``'s user: (content returned, error codes)."""
+    got, errors = await retrieve_answer(region, key, doc, **who)
+    return got, [e.code for e in errors]
+
+
+async def retrieve_answer(region: Region, key: str | None, doc: Doc, **who) -> tuple[bool, list]:
     repo = region.repositories[doc.repository]
     async with as_user(region, key, **who) as client:
         result = await retrieve_document_set(client, repo.url, [DocumentRequest(repo.repository_unique_id,
                                                                                 doc.unique_id)])
-    return bool(result.documents), [e.code for e in result.errors]
+    return bool(result.documents), result.errors
 
 
 async def published(region: Region, nhs: str, study_uid: str) -> list:
@@ -325,6 +330,10 @@ async def test_relationships_from_adt_filter_queries_and_refuse_retrieval(region
     assert await retrieve(region, None, doc_a) == (False, ["XDSDocumentUniqueIdError"])
     guessed = Doc(f"2.25.{uuid.uuid4().int}", str(uuid.uuid4()), "A")
     assert await retrieve(region, "C", guessed) == (False, ["XDSDocumentUniqueIdError"])
+    # ... in the same words: the answer does not tell whether the uniqueId exists
+    (_, [denied]), (_, [unknown]) = await retrieve_answer(region, "B", doc_a), await retrieve_answer(region, "B",
+                                                                                                     guessed)
+    assert denied.context.replace(doc_a.unique_id, "?") == unknown.context.replace(guessed.unique_id, "?")
 
     # Hospital C registers the patient: it sees both; it discharges the patient: four seconds later it does not.
     await adt(region, "C", "A04", nhs)
@@ -476,6 +485,15 @@ async def test_imaging_retrieval_points_refuse_without_a_relationship(region, sa
                                                  [(study, series, IMAGING_REPOSITORY_ID, sop)], [EXPLICIT_LE])
         assert (sop in instances) is allowed, (key, got, errors)
         assert allowed or [e.code for e in errors] == ["XDSDocumentUniqueIdError"]
+        if not allowed:  # said as of an instance not held here, even when the request names the wrong series
+            guessed_sop = f"2.25.{uuid.uuid4().int}"
+            async with as_user(region, key) as client:
+                _, unknown, _ = await rad69(client, f"{base}/rad69", [(study, series, IMAGING_REPOSITORY_ID,
+                                                                         guessed_sop)], [EXPLICIT_LE])
+                _, misplaced, _ = await rad69(client, f"{base}/rad69", [(study, "1.2.3.4", IMAGING_REPOSITORY_ID,
+                                                                           sop)], [EXPLICIT_LE])
+            assert (errors[0].context.replace(sop, "?") == unknown[0].context.replace(guessed_sop, "?")
+                    == misplaced[0].context.replace(sop, "?")), (errors, unknown, misplaced)
     # The manifest is not listed for C either; a guessed study UID is refused like a denied one.
     assert await visible(region, "C", nhs, [Doc(manifest.unique_id, manifest.entry_uuid, "A")]) == set()
     status, _ = await http("C", f"/dicomweb/studies/2.25.{uuid.uuid4().int}/metadata", "application/dicom+json")
