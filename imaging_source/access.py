@@ -70,7 +70,7 @@ def guard(source: ImagingSource, prefixes: tuple[str, ...]):
                 decision = (await study_decisions(source, request, [study]))[study]
                 if not decision.permit:
                     log.info("access policy: study %s refused to %s: %s", study, request.remote, decision.reason)
-                    raise web.HTTPForbidden(text=f"access policy: {decision.reason}\n")
+                    raise web.HTTPForbidden(text=f"access policy: {decision.said_to_requester()}\n")
         return await handler(request)
 
     return access

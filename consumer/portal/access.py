@@ -21,6 +21,7 @@ from aiohttp import web
 from consumer.portal.context import Portal
 from consumer.portal.sessions import PortalSession
 from ihe.policy.client import PermitCache
+from ihe.policy.model import OBJECT_BASES
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,13 @@ def needs_second_factor(portal: Portal, request: web.Request, acr: str | None) -
 
 
 GUARDED = ("/dicomweb/studies/{study}", "/documents/{repository_unique_id}/{document_unique_id}")
-# A report or study that is not registered and one the user's organisation may not see get the same answer, so that
-# a link or a guessed uniqueId does not tell which exist (the reason is logged; the patient's page, which the user
-# reached by a search, says why and offers break-glass).
-UNSEEN = ("unregistered", "no-relationship")
-UNSEEN_REASON = ("not available to you: it is not registered in the region, or your organisation has no care "
-                 "relationship with its patient (the patient's page says which, and offers break-glass)")
+# A report or study that is not registered and one the user may not see get the same answer, whatever the rule
+# (ihe.policy.model.OBJECT_BASES), so that a link or a guessed uniqueId does not tell which exist (the reason is
+# logged; the patient's page, which the user reached by a search, says why and offers break-glass).
+UNSEEN = OBJECT_BASES
+UNSEEN_REASON = ("not available to you: it is not registered in the region, or the region's access policy does not "
+                 "let you see it, e.g. without a care relationship with its patient (the patient's page says why, "
+                 "and offers break-glass where the policy allows)")
 
 
 def guard(portal: Portal):

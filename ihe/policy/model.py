@@ -227,3 +227,15 @@ class Decision:
 
     def as_json(self) -> dict:
         return {"permit": self.permit, "reason": self.reason, "basis": self.basis}
+
+    def said_to_requester(self) -> str:
+        """What a refused requester is told: for a refusal that depends on the object asked for, the same words
+        whatever the rule (and as for an object that is not registered), so that the answer does not tell whether
+        it exists or what covers it; the reason itself is for the log and the audit."""
+        return NOT_AVAILABLE if self.basis in OBJECT_BASES else self.reason
+
+
+# The bases of refusals that depend on the document or study asked for (the others, no identity or an unknown
+# organisation or an unreachable policy, are the same for every object).
+OBJECT_BASES = frozenset({"unregistered", "no-relationship", "opted-out", "restricted"})
+NOT_AVAILABLE = "not available to this requester (not registered in the region, or not permitted by its access policy)"
