@@ -231,7 +231,8 @@ class Decision:
     def said_to_requester(self) -> str:
         """What a refused requester is told: for a refusal that depends on the object asked for, the same words
         whatever the rule (and as for an object that is not registered), so that the answer does not tell whether
-        it exists or what covers it; the reason itself is for the log and the audit."""
+        it exists or what covers it; the reason itself goes to the logs (the registry's, which decided, and the
+        refusing service's), and the refused request is audited as a failure."""
         return NOT_AVAILABLE if self.basis in OBJECT_BASES else self.reason
 
 
