@@ -126,39 +126,61 @@ UNSEEN_REASON = ("not available to you: it is not registered in the region, or t
                  "and offers break-glass where the policy allows)")
 
 
-def guard(portal: Portal):
+class ResourceAccess:
+    """Whether the signed-in user may open one report or study, as the registry's policy decides; permits are
+    reused for ``--access-policy-cache`` seconds per user and resource, as the retrieval points reuse theirs
+    (ihe.policy.client.PermitCache): a study opened in the viewer is hundreds of requests."""
+
+    def __init__(self, portal: Portal) -> None:
+        self.portal = portal
+        self.permits = PermitCache(portal.settings.access_policy_cache)
+
+    @property
+    def on(self) -> bool:
+        return bool(self.portal.settings.access_policy_url)
+
+    async def refusal(self, session: PortalSession, *, study: str | None = None,
+                      document: str | None = None) -> str | None:
+        """None when the user may open it (or there is no policy); else what to tell the user. Raises
+        HTTPServiceUnavailable when the registry cannot be asked."""
+        if not self.on:
+            return None
+        kind, uid = ("studies", study) if study else ("documents", document or "")
+        key = (tuple(sorted(requester(session).items())), kind, uid)
+        if self.permits.permitted(key):
+            return None
+        try:
+            status, answer = await _post(self.portal, "/decisions", {
+                "requester": requester(session), "documents": [] if study else [uid],
+                "studies": [uid] if study else []})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise web.HTTPServiceUnavailable(text=f"the access policy could not be asked ({exc})") from None
+        decision = answer.get(kind, {}).get(uid) if status == 200 and isinstance(answer, dict) else None
+        if isinstance(decision, dict) and decision.get("permit") is True:
+            self.permits.remember([key])
+            return None
+        reason = decision.get("reason") if isinstance(decision, dict) else f"HTTP {status}: {answer}"
+        if isinstance(decision, dict) and decision.get("basis") in UNSEEN:
+            log.info("access policy: %s %s refused to %s: %s", kind, uid, session.user, reason)
+            return UNSEEN_REASON
+        return str(reason)
+
+
+def guard(checks: ResourceAccess):
     """Middleware: a report (``/documents/..``) or a study through the DICOMweb proxy is opened only when the
     registry's policy permits it for the signed-in user (403 with the reason otherwise), so a link or a guessed
-    uniqueId does not get around the patient page's answer. Permits are reused for ``--access-policy-cache``
-    seconds per user and resource, as the retrieval points reuse theirs (ihe.policy.client.PermitCache): a study
-    opened in the viewer is hundreds of requests."""
-    permits = PermitCache(portal.settings.access_policy_cache)
+    uniqueId does not get around the patient page's answer."""
 
     @web.middleware
     async def access(request: web.Request, handler):
         session = request.get("session")
         resource = request.match_info.route.resource
         canonical = resource.canonical if resource is not None else ""
-        if portal.settings.access_policy_url and session is not None and canonical.startswith(GUARDED):
-            study = request.match_info.get("study")
-            documents = [] if study else [request.match_info.get("document_unique_id", "")]
-            key = (tuple(sorted(requester(session).items())), "s" if study else "d", study or documents[0])
-            if permits.permitted(key):
-                return await handler(request)
-            try:
-                status, answer = await _post(portal, "/decisions", {
-                    "requester": requester(session), "documents": documents, "studies": [study] if study else []})
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise web.HTTPServiceUnavailable(text=f"the access policy could not be asked ({exc})") from None
-            kind, uid = ("studies", study) if study else ("documents", documents[0])
-            decision = answer.get(kind, {}).get(uid) if status == 200 and isinstance(answer, dict) else None
-            if not isinstance(decision, dict) or decision.get("permit") is not True:
-                reason = decision.get("reason") if isinstance(decision, dict) else f"HTTP {status}: {answer}"
-                if isinstance(decision, dict) and decision.get("basis") in UNSEEN:
-                    log.info("access policy: %s %s refused to %s: %s", kind, uid, session.user, reason)
-                    reason = UNSEEN_REASON
-                raise web.HTTPForbidden(text=f"access policy: {reason}")
-            permits.remember([key])
+        if checks.on and session is not None and canonical.startswith(GUARDED):
+            refused = await checks.refusal(session, study=request.match_info.get("study"),
+                                           document=request.match_info.get("document_unique_id"))
+            if refused is not None:
+                raise web.HTTPForbidden(text=f"access policy: {refused}")
         return await handler(request)
 
     return access

@@ -119,9 +119,10 @@ def build_app(portal: Portal) -> web.Application:
     app = web.Application(middlewares=[session_middleware(
         portal.pool, settings.session_idle, settings.session_lifetime, settings.secure_cookies, bearer=bearer),
         caller_middleware()], client_max_size=64 * 1024)
-    from consumer.portal.access import guard
+    from consumer.portal.access import ResourceAccess, guard
 
-    app.middlewares.append(guard(portal))  # after the session middleware: the user is known
+    resource_access = ResourceAccess(portal)
+    app.middlewares.append(guard(resource_access))  # after the session middleware: the user is known
     app["portal"] = portal
     app["templates"] = templates()
     app.on_response_prepare.append(security_headers)
@@ -312,23 +313,31 @@ def build_app(portal: Portal) -> web.Application:
     @routes.get("/api/studies/{study_uid}")
     async def study_json(request: web.Request) -> web.Response:
         """Whether a study's images can be shown now, and if not why (what the viewer page checks)."""
-        require_session(request)
+        session = require_session(request)
         uid = request.match_info["study_uid"]
         if not dicomweb_proxy.is_uid(uid):
             raise web.HTTPBadRequest(text=f"{uid!r} is not a valid Study Instance UID")
-        state = await study_state.study_state(portal, uid)
+        state = await state_for(session, uid)
         return web.json_response(state.to_json(), status=state.http_status)
+
+    async def state_for(session, uid: str) -> study_state.StudyState:
+        """The study's state for this user: the access policy first, so that a study the user may not see and
+        one that does not exist look alike; then whether its images can be shown."""
+        refused = await resource_access.refusal(session, study=uid)
+        if refused is not None:
+            return study_state.StudyState(uid, study_state.NOT_AVAILABLE, reason=refused)
+        return await study_state.study_state(portal, uid)
 
     async def study_guard(request: web.Request) -> web.StreamResponse | None:
         """The viewer opened on studies: a page saying why, instead of an empty viewer, when one cannot be shown."""
-        require_session(request)
+        session = require_session(request)
         uids = viewer.requested_studies(request)
         wrong = [u for u in uids if not dicomweb_proxy.is_uid(u)]
         if not uids or wrong or len(uids) > MAX_VIEWER_STUDIES:
             said = (f"{', '.join(repr(u) for u in wrong[:3])} is not a valid Study Instance UID" if wrong else
                     f"open between 1 and {MAX_VIEWER_STUDIES} studies at a time")
             return message(request, "Cannot open the viewer", said, 400)
-        states = await asyncio.gather(*(study_state.study_state(portal, u) for u in uids))
+        states = await asyncio.gather(*(state_for(session, u) for u in uids))
         refused = [s for s in states if not s.ok]
         if not refused:
             return None

@@ -4,6 +4,8 @@ so a clinician sees a page naming the reason instead of an empty OHIF.
 The portal knows a study from its KOS manifest (kept by :mod:`consumer.portal.manifests`). Opening
 it asks the imaging source the manifest names (QIDO-RS, within ``query_deadline``):
 
+- the region's access policy does not let the user see it: **not available** (said as for a study that is not
+  registered, so that the page does not tell which; the portal checks this first, see :mod:`consumer.portal.app`);
 - no manifest of the region names the study: **unknown** (a wrong or stale link, or not published yet);
 - the source does not answer: **source unreachable**;
 - the source answers but no longer has the study: the registry is asked (ITI-18 GetDocuments, which
@@ -33,9 +35,11 @@ UNKNOWN = "unknown"
 UNREACHABLE = "source unreachable"
 WITHDRAWN = "withdrawn"
 DELETED = "deleted"
-HTTP_STATUS = {AVAILABLE: 200, UNKNOWN: 404, UNREACHABLE: 502, WITHDRAWN: 410, DELETED: 410}
+NOT_AVAILABLE = "not available"  # to this user, under the region's access policy (or not registered at all)
+HTTP_STATUS = {AVAILABLE: 200, UNKNOWN: 404, UNREACHABLE: 502, WITHDRAWN: 410, DELETED: 410, NOT_AVAILABLE: 403}
 TITLES = {UNKNOWN: "Study not known", UNREACHABLE: "Image source unreachable",
-          WITHDRAWN: "Study withdrawn by its source", DELETED: "Images no longer available"}
+          WITHDRAWN: "Study withdrawn by its source", DELETED: "Images no longer available",
+          NOT_AVAILABLE: "Study not available"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from consumer.portal.access import guard
+from consumer.portal.access import ResourceAccess, guard
 from consumer.portal.context import Portal
 from consumer.portal.sessions import PortalSession
 from consumer.portal.settings import PortalSettings
@@ -66,7 +66,7 @@ async def portal_with_guard(policy: PolicyEndpoint, http: aiohttp.ClientSession,
         request["session"] = sessions.get(request.headers.get("X-User", ""))
         return await handler(request)
 
-    app = web.Application(middlewares=[session, guard(portal)])
+    app = web.Application(middlewares=[session, guard(ResourceAccess(portal))])
 
     async def study(request: web.Request) -> web.Response:
         return web.Response(text="study " + request.match_info["study"])

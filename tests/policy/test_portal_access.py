@@ -124,6 +124,15 @@ def test_no_relationship_is_said_and_break_glass_opens_the_record_for_that_user(
     assert (guessed_report.status_code, guessed_report.text) == (403, denied.text)
     guessed = at_c.get(f"{setup.portal.url}/dicomweb/studies/2.25.{uuid.uuid4().int}/metadata", timeout=60)
     assert guessed.status_code == 403 and guessed.text == denied.text
+    # The viewer opened on a study, and the study's state, are asked of the policy first: the same words again.
+    study = f"2.25.{uuid.uuid4().int}"
+    viewer_page = at_c.get(f"{setup.portal.url}/viewer/viewer?StudyInstanceUIDs={study}", timeout=60)
+    said = html.fromstring(viewer_page.text).xpath("//section[@class='study-unavailable']/p[@class='error']")[0]
+    said = said.text_content()
+    assert viewer_page.status_code == 403 and "Study not available" in viewer_page.text and said == UNSEEN_REASON
+    state = at_c.get(f"{setup.portal.url}/api/studies/{study}", timeout=60)
+    assert state.status_code == 403 and state.json()["state"] == "not available"
+    assert state.json()["reason"] == UNSEEN_REASON
     api = at_c.get(f"{setup.portal.url}/api/patients/{nhs}/documents", timeout=60)
     assert api.status_code == 403 and api.json()["break_glass"] is True and letter not in api.text
     [form] = [f for f in html.fromstring(page.text).forms if (f.action or "").endswith("/break-glass")]
