@@ -67,14 +67,17 @@ TARGETS = {"list_ms": 300.0, "first_frame_ms": 1500.0, "qido_ratio": 2.0}
 # The first frame: cornerstone (OHIF's renderer) fires CORNERSTONE_IMAGE_RENDERED on the viewport element after
 # drawing into its canvas; the canvas is then checked (enough of it lit, in enough grey levels, to be an image)
 # and the first time it passes is kept, in milliseconds since the navigation started.
-CANVAS_HAS_IMAGE = """() => {
-  const c = document.querySelector('canvas.cornerstone-canvas');
-  if (!c || !c.width || !c.height) return false;
-  const d = c.getContext('2d', {willReadFrequently: true}).getImageData(0, 0, c.width, c.height).data;
+PIXELS_HOLD_IMAGE = """(d, width, height) => {
   let lit = 0; const levels = new Set();
   for (let i = 0; i < d.length; i += 28) { if (d[i] | d[i + 1] | d[i + 2]) { lit++; levels.add(d[i]); } }
-  return lit * 7 > 0.05 * c.width * c.height && levels.size > 16;
+  return lit * 7 > 0.05 * width * height && levels.size > 16;
 }"""
+CANVAS_HAS_IMAGE = f"""() => {{
+  const c = document.querySelector('canvas.cornerstone-canvas');
+  if (!c || !c.width || !c.height) return false;
+  const d = c.getContext('2d', {{willReadFrequently: true}}).getImageData(0, 0, c.width, c.height).data;
+  return ({PIXELS_HOLD_IMAGE})(d, c.width, c.height);
+}}"""
 # The canvas is checked only when cornerstone says it has drawn (its IMAGE_RENDERED event for the viewport holding
 # that canvas, not a thumbnail's, with a viewport status other than "no data" or "loading"), and not on the page's
 # main thread: a readback of a WebGL-fed canvas takes 25 to 65 ms there in software rendering, which would be added
@@ -86,12 +89,11 @@ FIRST_FRAME_WATCH = f"""(() => {{
   window.__firstFrame = null;
   let lastRead = performance.now(), reader = null;
   try {{
-    reader = new Worker(URL.createObjectURL(new Blob([`onmessage = (m) => {{
+    reader = new Worker(URL.createObjectURL(new Blob([`const holds = {PIXELS_HOLD_IMAGE};
+    onmessage = (m) => {{
       const b = m.data.bitmap, c = new OffscreenCanvas(b.width, b.height), g = c.getContext('2d');
-      g.drawImage(b, 0, 0); const d = g.getImageData(0, 0, b.width, b.height).data;
-      let lit = 0; const levels = new Set();
-      for (let i = 0; i < d.length; i += 28) {{ if (d[i] | d[i + 1] | d[i + 2]) {{ lit++; levels.add(d[i]); }} }}
-      postMessage({{at: m.data.at, drawn: lit * 7 > 0.05 * b.width * b.height && levels.size > 16}});
+      g.drawImage(b, 0, 0);
+      postMessage({{at: m.data.at, drawn: holds(g.getImageData(0, 0, b.width, b.height).data, b.width, b.height)}});
     }};`], {{type: 'text/javascript'}})));
     reader.onmessage = (m) => {{
       const f = window.__firstFrame;
