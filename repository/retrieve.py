@@ -122,7 +122,7 @@ async def permitted(repo: Repository, soap: SoapRequest, answers: list[DocumentA
 
 def not_held(repository_unique_id: str, document_unique_id: str) -> RegistryError:
     """The answer for a document this repository does not hold, and for one the access policy refuses: the same,
-    so that a uniqueId does not tell whether it exists (the refusal's reason goes to the log and the audit)."""
+    so that a uniqueId does not tell whether it exists (the refusal's reason goes to the log)."""
     return error(ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
                  f"repository {repository_unique_id} holds no document {document_unique_id}", document_unique_id)
 

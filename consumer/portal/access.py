@@ -120,7 +120,6 @@ GUARDED = ("/dicomweb/studies/{study}", "/documents/{repository_unique_id}/{docu
 # A report or study that is not registered and one the user may not see get the same answer, whatever the rule
 # (ihe.policy.model.OBJECT_BASES), so that a link or a guessed uniqueId does not tell which exist (the reason is
 # logged; the patient's page, which the user reached by a search, says why and offers break-glass).
-UNSEEN = OBJECT_BASES
 UNSEEN_REASON = ("not available to you: it is not registered in the region, or the region's access policy does not "
                  "let you see it, e.g. without a care relationship with its patient (the patient's page says why, "
                  "and offers break-glass where the policy allows)")
@@ -160,7 +159,7 @@ class ResourceAccess:
             self.permits.remember([key])
             return None
         reason = decision.get("reason") if isinstance(decision, dict) else f"HTTP {status}: {answer}"
-        if isinstance(decision, dict) and decision.get("basis") in UNSEEN:
+        if isinstance(decision, dict) and decision.get("basis") in OBJECT_BASES:
             log.info("access policy: %s %s refused to %s: %s", kind, uid, session.user, reason)
             return UNSEEN_REASON
         return str(reason)
