@@ -13,7 +13,6 @@ import pydicom
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from hl7.mllp import open_hl7_connection
 from pydicom.data import get_testdata_file
 
 from consumer.client import DocumentRequest, SoapClient, retrieve_document_set
@@ -29,6 +28,7 @@ from tests.imaging_source.conftest import (
     send_with_pynetdicom,
     start_imaging_source,
 )
+from tests.imaging_source.test_xdsi_flow import feed_patient
 from tests.messages import FIND_DOCUMENTS, new_patient_id, provide_and_register_request, quoted, stored_query_envelope
 from tests.repository.conftest import start_repository_process
 from tests.repository.wire import inline_request
@@ -47,17 +47,6 @@ def _wait_rows(database_url: str, node: str, n: int, timeout: float = 60):
             return rows
         time.sleep(0.2)
 
-
-async def _adt(port: int, cx: str) -> str:
-    reader, writer = await open_hl7_connection("127.0.0.1", port)
-    try:
-        msg = ("MSH|^~\\&|PAS|HOSPA|XDS-REG|NETWORK|20240105120000||ADT^A01^ADT_A01|AUDIT1|P|2.5\r"
-               "EVN|A01|20240105120000\r" f"PID|||{cx}||Smith^Jane||19800102|F\rPV1||O\r")
-        writer.write(b"\x0b" + msg.encode() + b"\x1c\r")
-        await writer.drain()
-        return (await asyncio.wait_for(reader.readblock(), 10)).decode()
-    finally:
-        writer.close()
 
 
 def test_every_service_audits_what_it_handles(registry_database_url, new_imaging_database, tmp_path):  # noqa: F811
@@ -78,7 +67,7 @@ def test_every_service_audits_what_it_handles(registry_database_url, new_imaging
                                    *audit_args("imaging"))
     try:
         cx = new_patient_id()
-        assert "MSA|AA" in asyncio.run(_adt(registry.mllp_port, cx))
+        asyncio.run(feed_patient(registry.mllp_port, cx))  # accepted (MSA-1 AA), or it fails
         built = provide_and_register_request(cx)
         message = inline_request(built)
 

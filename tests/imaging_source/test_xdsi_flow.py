@@ -50,14 +50,16 @@ async def wait_for(predicate, timeout: float = 40.0, what="condition"):
 
 
 async def feed_patient(mllp_port: int, pid3: str, name: str = "Smith^Jane", *, event: str = "A01",
-                       mrg: str | None = None) -> None:
-    """ITI-8: an ADT (A01, or A40 merging ``mrg``) over MLLP as the hospital's PAS sends it; must be accepted."""
+                       mrg: str | None = None, facility: str = "HOSPA", patient_class: str = "O") -> None:
+    """ITI-8: an ADT (A01, or A40 merging ``mrg``) over MLLP as the PAS of ``facility`` (MSH-4) sends it; must be
+    accepted."""
     structure = "ADT_A39" if event == "A40" else "ADT_A01"
     message = "\r".join([
-        f"MSH|^~\\&|PAS|HOSPA|XDS-REG|NETWORK|20260105120000||ADT^{event}^{structure}|{uuid.uuid4().hex[:20]}|P|2.5",
+        f"MSH|^~\\&|PAS|{facility}|XDS-REG|NETWORK|20260105120000||ADT^{event}^{structure}|{uuid.uuid4().hex[:20]}"
+        "|P|2.5",
         f"EVN|{event}|20260105120000",
         f"PID|||{pid3}||{name}||19800102|F",
-        f"MRG|{mrg}" if mrg else "PV1||O",
+        f"MRG|{mrg}" if mrg else f"PV1||{patient_class}",
     ]) + "\r"
     reader, writer = await open_hl7_connection("127.0.0.1", mllp_port)
     try:

@@ -20,12 +20,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from hl7.mllp import open_hl7_connection
 
 from consumer.client import DocumentRequest, SoapClient, retrieve_document_set
 from consumer.client.query import adhoc_query_request, find_documents, quoted_list
 from consumer.client.source import CONFIDENTIALITY, document_entry, provide_and_register, submission_package
-from ihe.hl7 import parse_message
 from ihe.metadata.model import Code, LocalizedString
 from ihe.namespaces import ACTION_ITI18
 from ihe.xua.assertion import authorization_header, build_assertion, security_header
@@ -34,7 +32,7 @@ from ihe.xua.model import Code as XuaCode
 from tests.conftest import ROOT, start_registry_process
 from tests.imaging_source.conftest import start_imaging_source
 from tests.imaging_source.rad69_client import rad69
-from tests.imaging_source.test_xdsi_flow import storescu, study_copy, wait_for
+from tests.imaging_source.test_xdsi_flow import feed_patient, storescu, study_copy, wait_for
 from tests.messages import valid_nhs_number
 from tests.repository.conftest import start_repository_process
 from tests.xua_keys import AUDIENCE, PORTAL_ISSUER, make_signer, write_trust_file
@@ -194,17 +192,8 @@ async def adt(region: Region, key: str, event: str, nhs: str, hospital_number: s
     pid3 = f"{nhs}^^^NHS&{NHS_OID}&ISO"
     if hospital_number:
         pid3 += f"~{hospital_number}^^^{h.namespace}&{h.hospital_number_oid}&ISO"
-    message = "\r".join([
-        f"MSH|^~\\&|PAS|{h.namespace}|XDS-REG|REGION|20261206120000||ADT^{event}^ADT_A01|{uuid.uuid4().hex[:20]}|P|2.5",
-        f"EVN|{event}|20261206120000", f"PID|||{pid3}||Policy^Pat||19800102|F", "PV1||I"]) + "\r"
-    reader, writer = await open_hl7_connection("127.0.0.1", region.registry.mllp_port)
-    try:
-        writer.writemessage(message)
-        await writer.drain()
-        ack = parse_message(str(await asyncio.wait_for(reader.readmessage(), 10)))
-    finally:
-        writer.close()
-    assert str(ack.segment("MSA")[1]) == "AA", str(ack)
+    await feed_patient(region.registry.mllp_port, pid3, "Policy^Pat", event=event, facility=h.namespace,
+                       patient_class="I")
 
 
 @dataclass(frozen=True)
