@@ -31,6 +31,7 @@ from bench.load import percentile
 from consumer.client.query import find_documents
 from consumer.client.soap import SoapClient
 from ihe import tls
+from tests.conftest import wait_for_port
 
 NHS_OID = "2.16.840.1.113883.2.1.4.1"
 
@@ -38,17 +39,12 @@ NHS_OID = "2.16.840.1.113883.2.1.4.1"
 def start(database_url: str, port: int, tls_args: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "--port", str(port), "--mllp-port", str(port + 1),
                              "--database-url", database_url, "--log-level", "WARNING", *tls_args])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the registry did not start")
+    try:
+        wait_for_port(port, proc, timeout=60)
+    except RuntimeError:
+        proc.kill()
+        raise SystemExit("the registry did not start") from None
+    return proc
 
 
 async def measure(url: str, patient: str, queries: int, reuse: bool) -> list[float]:
