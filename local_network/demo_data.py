@@ -167,27 +167,25 @@ def report_lines(patient: dict, hospital: DemoHospital, study: dict) -> list[str
 
 def adt_a01(patient: dict, hospitals: list[DemoHospital]) -> str:
     """ITI-8 ADT^A01 (HL7 2.5) whose PID-3 carries the NHS number and every hospital number."""
-    ids = [f"{patient['nhs_number']}^^^NHS&{NHS_NUMBER_OID}&ISO"] + [
-        f"{patient['hospital_numbers'][h.name]}^^^{h.namespace}&{h.hospital_number_oid}&ISO" for h in hospitals]
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    return encode([
-        f"MSH|^~\\&|DEMO-PAS|REGION|XDS-REGISTRY|REGION|{stamp}||ADT^A01^ADT_A01|{new_control_id()}|P|2.5",
-        f"EVN|A01|{stamp}",
-        f"PID|||{'~'.join(ids)}||{patient['family']}^{patient['given']}||{patient['birth_date']}|{patient['sex']}",
-        "PV1||O"])
+    return _a01(patient, hospitals, "DEMO-PAS|REGION", "O")
 
 
 def hospital_adt_a01(patient: dict, hospital: DemoHospital) -> str:
     """ITI-8 ADT^A01 from the hospital's own PAS (MSH-4 its namespace): the admission that gives the hospital a care
     relationship with the patient under the access policy."""
-    ids = [f"{patient['nhs_number']}^^^NHS&{NHS_NUMBER_OID}&ISO",
-           f"{patient['hospital_numbers'][hospital.name]}^^^{hospital.namespace}&{hospital.hospital_number_oid}&ISO"]
+    return _a01(patient, [hospital], f"PAS|{hospital.namespace}", "I")
+
+
+def _a01(patient: dict, hospitals: list[DemoHospital], sender: str, patient_class: str) -> str:
+    """An ADT^A01 from ``sender`` (MSH-3|MSH-4), PID-3 the NHS number and ``hospitals``' numbers."""
+    ids = [f"{patient['nhs_number']}^^^NHS&{NHS_NUMBER_OID}&ISO"] + [
+        f"{patient['hospital_numbers'][h.name]}^^^{h.namespace}&{h.hospital_number_oid}&ISO" for h in hospitals]
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     return encode([
-        f"MSH|^~\\&|PAS|{hospital.namespace}|XDS-REGISTRY|REGION|{stamp}||ADT^A01^ADT_A01|{new_control_id()}|P|2.5",
+        f"MSH|^~\\&|{sender}|XDS-REGISTRY|REGION|{stamp}||ADT^A01^ADT_A01|{new_control_id()}|P|2.5",
         f"EVN|A01|{stamp}",
         f"PID|||{'~'.join(ids)}||{patient['family']}^{patient['given']}||{patient['birth_date']}|{patient['sex']}",
-        "PV1||I"])
+        f"PV1||{patient_class}"])
 
 
 class Journal:
